@@ -1,0 +1,63 @@
+"""mpnn_opt: the optimizers of mpneuralnetwork as pure, jit-compiled JAX gradient transformations."""
+
+from mpnn_opt.aliases import adam, rmsprop, sgd
+from mpnn_opt.base import (
+    EmptyState,
+    GradientTransformation,
+    OptState,
+    Params,
+    ScalarOrSchedule,
+    Schedule,
+    Updates,
+    apply_updates,
+    chain,
+    identity,
+)
+from mpnn_opt.regularization import (
+    DecoupledWeightDecayState,
+    add_decoupled_weight_decay,
+    add_regularization,
+    is_regularized_name,
+    seed_name_mask,
+)
+from mpnn_opt.transforms import (
+    MomentumVelocityState,
+    ScaleByAdamState,
+    ScaleByLearningRateState,
+    ScaleByRmsState,
+    momentum_velocity,
+    scale_by_adam,
+    scale_by_learning_rate,
+    scale_by_rms,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DecoupledWeightDecayState",
+    "EmptyState",
+    "GradientTransformation",
+    "MomentumVelocityState",
+    "OptState",
+    "Params",
+    "ScalarOrSchedule",
+    "ScaleByAdamState",
+    "ScaleByLearningRateState",
+    "ScaleByRmsState",
+    "Schedule",
+    "Updates",
+    "adam",
+    "add_decoupled_weight_decay",
+    "add_regularization",
+    "apply_updates",
+    "chain",
+    "identity",
+    "is_regularized_name",
+    "momentum_velocity",
+    "rmsprop",
+    "scale_by_adam",
+    "scale_by_learning_rate",
+    "scale_by_rms",
+    "seed_name_mask",
+    "sgd",
+]

@@ -1,0 +1,135 @@
+"""Pytree helpers shared by the transforms: paths, structure checks, dtypes."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_is_none = lambda x: x is None  # noqa: E731
+
+
+def path_str(path: tuple) -> str:
+    """A readable path such as ``['dense']['weights']``; the root is ``<root>``."""
+    return jax.tree_util.keystr(path) or "<root>"
+
+
+def leaf_name(path: tuple) -> str:
+    """The leaf's own name: the last key of its path, as a string."""
+    if not path:
+        return ""
+    key = path[-1]
+    for attribute in ("key", "name", "idx"):
+        if hasattr(key, attribute):
+            return str(getattr(key, attribute))
+    return str(key)
+
+
+def leaves_with_paths(tree: Any) -> list[tuple[tuple, Any]]:
+    """``(path, leaf)`` pairs, counting ``None`` as a leaf so that it keeps its place."""
+    return jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_none)[0]
+
+
+def map_with_path(fn: Callable, tree: Any, *rest: Any) -> Any:
+    """``jax.tree.map`` whose ``fn`` also receives the leaf's path first; ``None`` leaves stay ``None``."""
+
+    def visit(path, leaf, *others):
+        return None if leaf is None else fn(path, leaf, *others)
+
+    return jax.tree_util.tree_map_with_path(visit, tree, *rest, is_leaf=_is_none)
+
+
+def tree_map(fn: Callable, tree: Any, *rest: Any) -> Any:
+    """``jax.tree.map`` that leaves ``None`` leaves (absent parameters) as ``None``."""
+    return jax.tree.map(lambda x, *others: None if x is None else fn(x, *others), tree, *rest, is_leaf=_is_none)
+
+
+def check_same_structure(expected: Any, got: Any, *, expected_name: str, got_name: str) -> None:
+    """Raises ``ValueError`` naming the first path where ``got`` differs from ``expected``.
+
+    Structures are static under ``jit``, so this costs nothing at run time. Leaf shapes are
+    compared too, because a wrongly shaped gradient would otherwise broadcast silently.
+    """
+    expected_leaves = leaves_with_paths(expected)
+    got_leaves = leaves_with_paths(got)
+    for (expected_path, expected_leaf), (got_path, got_leaf) in zip(expected_leaves, got_leaves):
+        if expected_path != got_path:
+            raise ValueError(
+                f"{got_name} do not match the structure of {expected_name}: first difference at "
+                f"{path_str(expected_path)} in {expected_name} vs {path_str(got_path)} in {got_name}"
+            )
+        if (expected_leaf is None) != (got_leaf is None):
+            raise ValueError(
+                f"{got_name} do not match the structure of {expected_name} at {path_str(got_path)}: "
+                f"one side is None"
+            )
+        if expected_leaf is not None and np.shape(expected_leaf) != np.shape(got_leaf):
+            raise ValueError(
+                f"{got_name} at {path_str(got_path)} has shape {np.shape(got_leaf)}, "
+                f"but {expected_name} there has shape {np.shape(expected_leaf)}"
+            )
+    if len(expected_leaves) != len(got_leaves):
+        longer, name = (expected_leaves, expected_name) if len(expected_leaves) > len(got_leaves) else (got_leaves, got_name)
+        extra_path = longer[min(len(expected_leaves), len(got_leaves))][0]
+        raise ValueError(
+            f"{got_name} do not match the structure of {expected_name}: {path_str(extra_path)} "
+            f"exists only in {name}"
+        )
+    expected_def = jax.tree.structure(expected, is_leaf=_is_none)
+    got_def = jax.tree.structure(got, is_leaf=_is_none)
+    if expected_def != got_def:
+        raise ValueError(
+            f"{got_name} do not match the structure of {expected_name}: same paths but different "
+            f"container types ({got_def} vs {expected_def})"
+        )
+
+
+def check_float_leaves(tree: Any, what: str) -> None:
+    """Raises ``TypeError`` naming the first leaf whose dtype is not floating point.
+
+    Integer or bool parameters would be silently truncated by an update, so they are refused.
+    """
+    for path, leaf in leaves_with_paths(tree):
+        if leaf is None:
+            continue
+        dtype = jnp.result_type(leaf)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(
+                f"{what} at {path_str(path)} has dtype {dtype}; mpnn_opt optimizes floating-point "
+                f"arrays only (cast it to a float dtype, or keep it out of the optimized tree)"
+            )
+
+
+def compute_dtype(dtype: Any) -> jnp.dtype:
+    """The dtype the arithmetic runs in: at least float32, so that eps and beta2 do not round away."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def zeros_like_tree(params: Any, dtype: Any | None) -> Any:
+    """Zeros shaped like each parameter, in ``dtype`` or else the parameter's own dtype."""
+    return tree_map(lambda p: jnp.zeros(jnp.shape(p), dtype or jnp.result_type(p)), params)
+
+
+def broadcast_mask(mask: Any, params: Any, argument: str = "mask") -> Any:
+    """Expands ``mask`` (a bool pytree, a prefix of ``params``, or a callable on ``params``) to a full tree.
+
+    Returns a tree with the structure of ``params`` whose leaves are bools (or bool arrays).
+    """
+    if callable(mask):
+        mask = mask(params)
+    try:
+        return jax.tree.map(
+            lambda flag, subtree: jax.tree.map(lambda _: flag, subtree, is_leaf=_is_none),
+            mask,
+            params,
+            is_leaf=_is_none,
+        )
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"{argument} must be a pytree of bools shaped like the params (or a prefix of them): {error}") from None
+
+
+def unzip(reference: Any, tree_of_tuples: Any, count: int) -> tuple[Any, ...]:
+    """Splits a tree whose leaves (at ``reference``'s leaf positions) are ``count``-tuples into ``count`` trees."""
+    return tuple(tree_map(lambda _, entry, i=i: entry[i], reference, tree_of_tuples) for i in range(count))

@@ -1,0 +1,127 @@
+"""The contract every optimizer in mpnn_opt follows.
+
+A :class:`GradientTransformation` is a pair of pure functions:
+
+* ``init(params) -> state``
+* ``update(updates, state, params=None) -> (updates, new_state)``
+
+It is the same protocol as optax's ``GradientTransformation``: a transform from
+optax can sit inside :func:`chain`, and one of ours inside ``optax.chain``.
+States are named tuples of arrays; per-parameter fields mirror the params tree.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Protocol, Union
+
+import jax
+import jax.numpy as jnp
+
+from mpnn_opt._tree import check_same_structure
+
+__all__ = [
+    "ArrayTree",
+    "Params",
+    "Updates",
+    "OptState",
+    "Schedule",
+    "ScalarOrSchedule",
+    "TransformInitFn",
+    "TransformUpdateFn",
+    "GradientTransformation",
+    "EmptyState",
+    "identity",
+    "chain",
+    "apply_updates",
+]
+
+ArrayTree = Any
+Params = ArrayTree
+Updates = ArrayTree
+OptState = Any
+Schedule = Callable[[jax.Array], jax.Array]
+ScalarOrSchedule = Union[float, jax.Array, Schedule]
+
+
+class TransformInitFn(Protocol):
+    def __call__(self, params: Params) -> OptState: ...
+
+
+class TransformUpdateFn(Protocol):
+    def __call__(
+        self, updates: Updates, state: OptState, params: Params | None = None
+    ) -> tuple[Updates, OptState]: ...
+
+
+class GradientTransformation(NamedTuple):
+    """A pure ``(init, update)`` pair; see the module docstring."""
+
+    init: TransformInitFn
+    update: TransformUpdateFn
+
+
+class EmptyState(NamedTuple):
+    """The state of a transform that keeps none."""
+
+
+def identity() -> GradientTransformation:
+    """Passes updates through unchanged: ``u' = u``."""
+
+    def init_fn(params: Params) -> EmptyState:
+        del params
+        return EmptyState()
+
+    def update_fn(updates, state, params=None):
+        del params
+        return updates, state
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+def chain(*transforms: Any) -> GradientTransformation:
+    """Applies ``transforms`` one after the other; the state is a tuple of theirs.
+
+    Any object with ``init`` and ``update`` methods of optax's signature is accepted,
+    so optax transforms mix freely with ours.
+    """
+    for position, transform in enumerate(transforms):
+        if not (callable(getattr(transform, "init", None)) and callable(getattr(transform, "update", None))):
+            raise TypeError(
+                f"chain: argument {position} must be a gradient transformation with init and update, "
+                f"got {type(transform).__name__}"
+            )
+
+    def init_fn(params: Params) -> tuple:
+        return tuple(transform.init(params) for transform in transforms)
+
+    def update_fn(updates, state, params=None, **extra_args):
+        if not isinstance(state, tuple) or len(state) != len(transforms):
+            raise ValueError(
+                f"chain: expected a state tuple of {len(transforms)} entries, got {type(state).__name__}"
+                + (f" of {len(state)}" if isinstance(state, tuple) else "")
+            )
+        new_state = []
+        for transform, inner_state in zip(transforms, state):
+            if extra_args:
+                updates, inner_state = transform.update(updates, inner_state, params, **extra_args)
+            else:
+                updates, inner_state = transform.update(updates, inner_state, params)
+            new_state.append(inner_state)
+        return updates, tuple(new_state)
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+def apply_updates(params: Params, updates: Updates) -> Params:
+    """Returns ``params + updates`` leaf by leaf, cast back to each parameter's dtype.
+
+    The sum is computed in the wider of the two dtypes (so f32 updates on bf16 params are
+    added in f32) and then rounded once to the parameter's dtype. ``None`` leaves stay ``None``.
+    """
+    check_same_structure(params, updates, expected_name="params", got_name="updates")
+    return jax.tree.map(
+        lambda p, u: None if p is None else jnp.asarray(p + u).astype(jnp.asarray(p).dtype),
+        params,
+        updates,
+        is_leaf=lambda x: x is None,
+    )

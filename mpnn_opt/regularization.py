@@ -1,0 +1,145 @@
+"""L1/L2 regularization, decoupled weight decay, and which leaves they touch.
+
+Masks: by default a leaf is regularized unless its own name (the last key of its path) contains
+``'bias'``, ``'beta'`` or ``'gamma'``: the seed's rule, applied to the leaf's name. A ``mask``
+argument overrides it: a pytree of bools shaped like the params (or a prefix of them), or a
+callable ``params -> such a tree``; ``True`` means regularized.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Union
+
+import jax
+import jax.numpy as jnp
+
+from mpnn_opt import _checks
+from mpnn_opt._numerics import safe_increment, value_at, zero_count
+from mpnn_opt._tree import (
+    broadcast_mask,
+    check_float_leaves,
+    check_same_structure,
+    compute_dtype,
+    leaf_name,
+    map_with_path,
+    tree_map,
+)
+from mpnn_opt.base import EmptyState, GradientTransformation, Params, ScalarOrSchedule, identity
+
+__all__ = [
+    "Mask",
+    "UNREGULARIZED_NAME_PARTS",
+    "is_regularized_name",
+    "seed_name_mask",
+    "add_regularization",
+    "DecoupledWeightDecayState",
+    "add_decoupled_weight_decay",
+]
+
+Mask = Union[Any, Callable[[Params], Any]]
+
+UNREGULARIZED_NAME_PARTS = ("bias", "beta", "gamma")
+
+
+def is_regularized_name(name: str) -> bool:
+    """The seed's rule: regularize unless the name contains 'bias', 'beta' or 'gamma'."""
+    return not any(part in name for part in UNREGULARIZED_NAME_PARTS)
+
+
+def seed_name_mask(params: Params) -> Any:
+    """A bool tree: ``True`` where the leaf's own name passes :func:`is_regularized_name`."""
+    return map_with_path(lambda path, _: is_regularized_name(leaf_name(path)), params)
+
+
+def _resolve_mask(mask: Mask | None, params: Params) -> Any:
+    return broadcast_mask(seed_name_mask if mask is None else mask, params)
+
+
+def _where(flag: Any, regularized: jax.Array, untouched: jax.Array) -> jax.Array:
+    if isinstance(flag, bool):
+        return regularized if flag else untouched
+    return jnp.where(flag, regularized, untouched)
+
+
+def _require_params(params: Params | None, transform: str) -> None:
+    if params is None:
+        raise ValueError(f"{transform} needs the current params: call update(updates, state, params)")
+
+
+def add_regularization(regularization: str | None, weight_decay: float, mask: Mask | None = None) -> GradientTransformation:
+    """Adds the gradient of a coupled penalty to the updates.
+
+    * ``'L2'``: ``g' = g + weight_decay * w``
+    * ``'L1'``: ``g' = g + weight_decay * sign(w)``
+    * ``None``: ``g' = g``
+
+    only on masked-in leaves. Like the seed and torch's ``weight_decay`` (L2), unlike optax, which
+    has no L1 and calls the L2 form ``add_decayed_weights``.
+    """
+    _checks.regularization(regularization)
+    _checks.non_negative("weight_decay", weight_decay)
+    if regularization is None:
+        return identity()
+    penalty_gradient = jnp.sign if regularization == "L1" else (lambda w: w)
+
+    def init_fn(params: Params) -> EmptyState:
+        del params
+        return EmptyState()
+
+    def update_fn(updates, state, params=None):
+        _require_params(params, "add_regularization")
+        check_float_leaves(updates, "updates")
+        check_same_structure(params, updates, expected_name="params", got_name="updates")
+        flags = _resolve_mask(mask, params)
+
+        def add(g, w, flag):
+            dtype = compute_dtype(g.dtype)
+            regularized = g.astype(dtype) + weight_decay * penalty_gradient(w.astype(dtype))
+            return _where(flag, regularized.astype(g.dtype), g)
+
+        return tree_map(add, updates, params, flags), state
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+class DecoupledWeightDecayState(NamedTuple):
+    count: jax.Array  # int32, steps taken; a learning-rate schedule is read at this value
+
+
+def add_decoupled_weight_decay(
+    learning_rate: ScalarOrSchedule, weight_decay: float, mask: Mask | None = None
+) -> GradientTransformation:
+    """Shrinks the weight after the optimizer's own step, in the seed's order.
+
+    With ``s = w + u`` the weight the incoming update ``u`` would give, the result is
+    ``w' = s - lr_t * weight_decay * s``, i.e. ``u' = u - lr_t * weight_decay * (w + u)``,
+    on masked-in leaves.
+
+    torch ``AdamW`` and optax ``adamw`` decay the old weight instead
+    (``w' = w - lr * (step + weight_decay * w)``); the two differ by a term of order lr^2 * wd.
+    """
+    _checks.non_negative("learning_rate", learning_rate)
+    _checks.non_negative("weight_decay", weight_decay)
+
+    def init_fn(params: Params) -> DecoupledWeightDecayState:
+        del params
+        return DecoupledWeightDecayState(count=zero_count())
+
+    def update_fn(updates, state, params=None):
+        _require_params(params, "add_decoupled_weight_decay")
+        check_float_leaves(updates, "updates")
+        check_same_structure(params, updates, expected_name="params", got_name="updates")
+        flags = _resolve_mask(mask, params)
+        shrink = value_at(learning_rate, state.count) * weight_decay
+
+        def decay(u, w, flag):
+            # u' is formed as (decayed weight) - w rather than u - shrink * s: then w + u' rounds
+            # to exactly the seed's two in-place steps whenever the step is small next to w.
+            dtype = compute_dtype(u.dtype)
+            w = w.astype(dtype)
+            stepped = w + u.astype(dtype)
+            return _where(flag, (stepped - shrink * stepped - w).astype(u.dtype), u)
+
+        return tree_map(decay, updates, params, flags), DecoupledWeightDecayState(count=safe_increment(state.count))
+
+    return GradientTransformation(init_fn, update_fn)

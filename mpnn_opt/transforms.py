@@ -1,0 +1,192 @@
+"""Building blocks: small gradient transformations that the aliases chain together.
+
+Each block states its exact recursion. ``g`` is the incoming update (the gradient, possibly
+already transformed), ``t`` the 1-based step number. Arithmetic runs in at least float32; the
+outgoing updates keep the incoming updates' dtype and the state keeps ``state_dtype`` (default:
+each parameter's own dtype).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from mpnn_opt import _checks
+from mpnn_opt._numerics import bias_correction, safe_increment, value_at, zero_count
+from mpnn_opt._tree import check_float_leaves, check_same_structure, compute_dtype, tree_map, unzip, zeros_like_tree
+from mpnn_opt.base import GradientTransformation, Params, ScalarOrSchedule, Updates
+
+__all__ = [
+    "ScaleByLearningRateState",
+    "scale_by_learning_rate",
+    "MomentumVelocityState",
+    "momentum_velocity",
+    "ScaleByRmsState",
+    "scale_by_rms",
+    "ScaleByAdamState",
+    "scale_by_adam",
+]
+
+
+def _check_updates(updates: Updates, reference: Any, reference_name: str) -> None:
+    check_float_leaves(updates, "updates")
+    check_same_structure(reference, updates, expected_name=reference_name, got_name="updates")
+
+
+def _init_state_tree(params: Params, state_dtype: Any | None) -> Any:
+    check_float_leaves(params, "params")
+    return zeros_like_tree(params, state_dtype)
+
+
+def _to_compute(x: jax.Array) -> jax.Array:
+    return x.astype(compute_dtype(x.dtype))
+
+
+class ScaleByLearningRateState(NamedTuple):
+    count: jax.Array  # int32, steps taken; the schedule is read at this value
+
+
+def scale_by_learning_rate(learning_rate: ScalarOrSchedule) -> GradientTransformation:
+    """Turns a direction into a descent step: ``u = -lr_t * g``.
+
+    ``learning_rate`` is a float or a schedule ``fn(count) -> value`` read at the 0-based step count.
+    Same as optax's ``scale_by_learning_rate`` (which flips the sign the same way).
+    """
+    _checks.non_negative("learning_rate", learning_rate)
+
+    def init_fn(params: Params) -> ScaleByLearningRateState:
+        check_float_leaves(params, "params")
+        return ScaleByLearningRateState(count=zero_count())
+
+    def update_fn(updates, state, params=None):
+        del params
+        check_float_leaves(updates, "updates")
+        lr = value_at(learning_rate, state.count)
+        updates = tree_map(lambda g: (-lr * _to_compute(g)).astype(g.dtype), updates)
+        return updates, ScaleByLearningRateState(count=safe_increment(state.count))
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+class MomentumVelocityState(NamedTuple):
+    count: jax.Array  # int32, steps taken
+    velocities: Any  # v, mirrors params
+
+
+def momentum_velocity(
+    learning_rate: ScalarOrSchedule, momentum: float, *, state_dtype: Any | None = None
+) -> GradientTransformation:
+    """Momentum in the seed's form, with the learning rate inside the buffer.
+
+    ``v_t = momentum * v_{t-1} - lr_t * g_t``, ``u_t = v_t``, with ``v_0 = 0``.
+
+    At a constant learning rate this equals optax ``sgd(lr, momentum)`` and torch ``SGD``
+    (dampening 0), which keep ``lr`` outside the buffer (``u = -lr * trace``). They differ once the
+    learning rate changes: here past velocities keep the old rate.
+    """
+    _checks.non_negative("learning_rate", learning_rate)
+    _checks.in_unit_interval("momentum", momentum)
+
+    def init_fn(params: Params) -> MomentumVelocityState:
+        return MomentumVelocityState(count=zero_count(), velocities=_init_state_tree(params, state_dtype))
+
+    def update_fn(updates, state, params=None):
+        del params
+        _check_updates(updates, state.velocities, "the optimizer state (velocities)")
+        lr = value_at(learning_rate, state.count)
+
+        def step(g, v):
+            v_new = momentum * _to_compute(v) - lr * _to_compute(g)
+            return v_new.astype(g.dtype), v_new.astype(v.dtype)
+
+        new_updates, velocities = unzip(updates, tree_map(step, updates, state.velocities), 2)
+        return new_updates, MomentumVelocityState(count=safe_increment(state.count), velocities=velocities)
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+class ScaleByRmsState(NamedTuple):
+    cache: Any  # running mean of g^2, mirrors params
+
+
+def scale_by_rms(decay_rate: float = 0.9, epsilon: float = 1e-8, *, state_dtype: Any | None = None) -> GradientTransformation:
+    """Divides by the root of a running mean of squared updates, eps outside the root.
+
+    ``c_t = decay * c_{t-1} + (1 - decay) * g_t^2``, ``u_t = g_t / (sqrt(c_t) + eps)``, ``c_0 = 0``.
+
+    Matches optax ``scale_by_rms(eps_in_sqrt=False, initial_scale=0)`` and torch ``RMSprop``
+    (``alpha`` = decay). optax's default puts eps inside the root; Keras does too.
+    """
+    _checks.in_unit_interval("decay_rate", decay_rate)
+    _checks.positive("epsilon", epsilon)
+
+    def init_fn(params: Params) -> ScaleByRmsState:
+        return ScaleByRmsState(cache=_init_state_tree(params, state_dtype))
+
+    def update_fn(updates, state, params=None):
+        del params
+        _check_updates(updates, state.cache, "the optimizer state (cache)")
+
+        def step(g, c):
+            g32 = _to_compute(g)
+            c_new = decay_rate * _to_compute(c) + (1 - decay_rate) * jnp.square(g32)
+            return (g32 / (jnp.sqrt(c_new) + epsilon)).astype(g.dtype), c_new.astype(c.dtype)
+
+        new_updates, cache = unzip(updates, tree_map(step, updates, state.cache), 2)
+        return new_updates, ScaleByRmsState(cache=cache)
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+class ScaleByAdamState(NamedTuple):
+    count: jax.Array  # int32, steps taken; bias correction uses t = count after this step
+    momentums: Any  # m, first moment, mirrors params
+    velocities: Any  # v, second moment, mirrors params
+
+
+def scale_by_adam(
+    beta1: float = 0.9, beta2: float = 0.999, epsilon: float = 1e-8, *, state_dtype: Any | None = None
+) -> GradientTransformation:
+    """Adam's direction, with bias correction from its own step count.
+
+    ``m_t = beta1 * m_{t-1} + (1 - beta1) * g_t``,
+    ``v_t = beta2 * v_{t-1} + (1 - beta2) * g_t^2``,
+    ``u_t = (m_t / (1 - beta1^t)) / (sqrt(v_t) / sqrt(1 - beta2^t) + eps)``.
+
+    This is the seed's arrangement of ``m_hat / (sqrt(v_hat) + eps)``; optax ``scale_by_adam``
+    and torch ``Adam`` compute the same quantity (optax as ``sqrt(v_t / (1 - beta2^t))``), equal up
+    to float rounding; ``1 - beta^t`` is computed without cancellation (see ``bias_correction``),
+    closer to the seed's float64 scalars than optax's and torch's float32 ``1 - beta**t``. Keras adds eps the same way; TF1's "epsilon hat" does not.
+    """
+    _checks.in_unit_interval("beta1", beta1)
+    _checks.in_unit_interval("beta2", beta2)
+    _checks.positive("epsilon", epsilon)
+
+    def init_fn(params: Params) -> ScaleByAdamState:
+        return ScaleByAdamState(
+            count=zero_count(),
+            momentums=_init_state_tree(params, state_dtype),
+            velocities=_init_state_tree(params, state_dtype),
+        )
+
+    def update_fn(updates, state, params=None):
+        del params
+        _check_updates(updates, state.momentums, "the optimizer state (momentums)")
+        count = safe_increment(state.count)
+        bias_correction1 = bias_correction(beta1, count)
+        sqrt_bias_correction2 = jnp.sqrt(bias_correction(beta2, count))
+
+        def step(g, m, v):
+            g32 = _to_compute(g)
+            m_new = beta1 * _to_compute(m) + (1 - beta1) * g32
+            v_new = beta2 * _to_compute(v) + (1 - beta2) * jnp.square(g32)
+            direction = (m_new / bias_correction1) / (jnp.sqrt(v_new) / sqrt_bias_correction2 + epsilon)
+            return direction.astype(g.dtype), m_new.astype(m.dtype), v_new.astype(v.dtype)
+
+        triples = tree_map(step, updates, state.momentums, state.velocities)
+        new_updates, momentums, velocities = unzip(updates, triples, 3)
+        return new_updates, ScaleByAdamState(count=count, momentums=momentums, velocities=velocities)
+
+    return GradientTransformation(init_fn, update_fn)
