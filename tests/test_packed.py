@@ -132,3 +132,14 @@ def test_updates_packed_with_another_layout_are_refused():
 def test_unpack_refuses_a_plain_tree():
     with pytest.raises(TypeError, match="expected a Packed"):
         unpack({"weights": jnp.ones(3)})
+
+
+def test_packed_training_example_learns_and_tracks_the_per_leaf_run(capsys):
+    import runpy
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "packed_training.py"
+    packed_losses, tree_losses = runpy.run_path(str(example))["main"]()
+    capsys.readouterr()
+    assert packed_losses[-1] < 0.01 * packed_losses[0]
+    np.testing.assert_allclose(packed_losses, tree_losses, rtol=1e-4)
