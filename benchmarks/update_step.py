@@ -15,8 +15,9 @@ Columns:
 
 Variants: ``ours`` is the per-leaf alias with ``regularization=None`` (optax's math);
 ``ours L2`` the seed's default (decoupled decay for adam, coupled L2 for sgd / rmsprop) under the
-seed's name mask; ``packed`` is ``ours`` on :func:`mpnn_opt.pack`-ed params and grads; ``packed
-L2`` likewise. torch uses ``fused=True`` where it has it on CPU, else ``foreach=True``.
+seed's name mask; ``packed`` is ``ours`` on params and grads packed into one buffer (``pack(tree, mask=False)``:
+without regularization the groups do not matter); ``packed L2`` is ``ours L2`` on the default
+packing (two buffers: regularized and not). torch uses ``fused=True`` where it has it on CPU, else ``foreach=True``.
 """
 
 from __future__ import annotations
@@ -81,19 +82,30 @@ def _optax(name: str) -> optax.GradientTransformation:
     return {"adam": lambda: optax.adam(LR), "sgd": lambda: optax.sgd(LR, momentum=0.9), "rmsprop": lambda: optax.rmsprop(LR, eps_in_sqrt=False)}[name]()
 
 
-def _median_step_seconds(run_step: Callable[[], Any], steps: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        run_step()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        run_step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def _timed(run_step: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    run_step()
+    return time.perf_counter() - start
 
 
-def time_jax(tx, apply_updates, params, grads, steps: int) -> tuple[float, float]:
-    """(median seconds per step, compile seconds) for one jitted, donated update step."""
+def interleaved_medians(runners: dict[str, Callable[[], Any]], steps: int, rounds: int = 5) -> dict[str, float]:
+    """Median seconds per step of each runner, run in turn, ``steps // rounds`` steps per turn.
+
+    The machine is shared, so load comes and goes; taking turns spreads it over all the variants
+    instead of charging whoever happened to run during a busy second.
+    """
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for run_step in runners.values():  # warm-up: first executions allocate and fault in pages
+        for _ in range(3):
+            run_step()
+    for _ in range(rounds):
+        for name, run_step in runners.items():
+            times[name] += [_timed(run_step) for _ in range(max(1, steps // rounds))]
+    return {name: statistics.median(samples) for name, samples in times.items()}
+
+
+def jax_runner(tx, apply_updates, params, grads) -> tuple[Callable[[], Any], float]:
+    """(one-step callable, compile seconds) for a jitted update step with params and state donated."""
 
     def step(params, grads, state):
         updates, state = tx.update(grads, state, params)
@@ -109,10 +121,11 @@ def time_jax(tx, apply_updates, params, grads, steps: int) -> tuple[float, float
         box[0], box[1] = compiled(box[0], grads, box[1])
         jax.block_until_ready(box)
 
-    return _median_step_seconds(run_step, steps), compile_seconds
+    return run_step, compile_seconds
 
 
-def time_torch(name: str, shapes: dict, steps: int) -> float | None:
+def torch_runner(name: str, shapes: dict) -> Callable[[], Any] | None:
+    """One ``optimizer.step()`` of torch's fused implementation, else foreach; None without torch."""
     if torch is None:
         return None
     torch.manual_seed(0)
@@ -126,8 +139,12 @@ def time_torch(name: str, shapes: dict, steps: int) -> float | None:
         optimizer.step()
     except (RuntimeError, TypeError, ValueError):
         optimizer = make(params, lr=LR, foreach=True, **extra)
-    with torch.no_grad():
-        return _median_step_seconds(optimizer.step, steps)
+
+    def run_step():
+        with torch.no_grad():
+            optimizer.step()
+
+    return run_step
 
 
 def copy_bandwidth(steps: int) -> float:
@@ -141,12 +158,12 @@ def copy_bandwidth(steps: int) -> float:
         box[0] = axpy(box[0], b)
         box[0].block_until_ready()
 
-    return 3 * 4 * n / _median_step_seconds(run_step, steps)
+    return 3 * 4 * n / interleaved_medians({"axpy": run_step}, steps)["axpy"]
 
 
 def _steps_for(n_params: int, quick: bool) -> int:
-    steps = 15 if n_params > 1_000_000 else 60
-    return max(5, steps // 3) if quick else steps
+    steps = 20 if n_params > 1_000_000 else 100
+    return steps // 4 if quick else steps
 
 
 def bench_workload(label: str, shapes: dict, optimizers: tuple[str, ...], quick: bool) -> list[dict]:
@@ -159,16 +176,19 @@ def bench_workload(label: str, shapes: dict, optimizers: tuple[str, ...], quick:
             "optax": (_optax(name), optax.apply_updates, params, grads),
             "ours": (_ours(name, None), mpnn_opt.apply_updates, params, grads),
             "ours L2": (_ours(name, "L2"), mpnn_opt.apply_updates, params, grads),
-            "packed": (_ours(name, None), mpnn_opt.apply_updates, pack(params), pack(grads)),
+            # without regularization the groups do not matter: one buffer (mask=False) for all leaves
+            "packed": (_ours(name, None), mpnn_opt.apply_updates, pack(params, False), pack(grads, False)),
             "packed L2": (_ours(name, "L2"), mpnn_opt.apply_updates, pack(params), pack(grads)),
         }
+        runners, compile_seconds = {}, {}
         for variant, (tx, apply, p, g) in variants.items():
             # donation consumes the params: give each variant its own copy
-            seconds, compile_seconds = time_jax(tx, apply, jax.tree.map(jnp.copy, p), g, steps)
-            rows.append(dict(workload=label, optimizer=name, variant=variant, seconds=seconds, compile=compile_seconds, n=n_params))
-        torch_seconds = time_torch(name, shapes, steps)
-        if torch_seconds is not None:
-            rows.append(dict(workload=label, optimizer=name, variant="torch", seconds=torch_seconds, compile=None, n=n_params))
+            runners[variant], compile_seconds[variant] = jax_runner(tx, apply, jax.tree.map(jnp.copy, p), g)
+        torch_step = torch_runner(name, shapes)
+        if torch_step is not None:
+            runners["torch"], compile_seconds["torch"] = torch_step, None
+        for variant, seconds in interleaved_medians(runners, steps).items():
+            rows.append(dict(workload=label, optimizer=name, variant=variant, seconds=seconds, compile=compile_seconds[variant], n=n_params))
     return rows
 
 
