@@ -124,8 +124,8 @@ def jax_runner(tx, apply_updates, params, grads) -> tuple[Callable[[], Any], flo
     return run_step, compile_seconds
 
 
-def torch_runner(name: str, shapes: dict) -> Callable[[], Any] | None:
-    """One ``optimizer.step()`` of torch's fused implementation, else foreach; None without torch."""
+def torch_runner(name: str, shapes: dict) -> tuple[str, Callable[[], Any]] | None:
+    """(label, one ``optimizer.step()``) of torch's fused implementation, else foreach; None without torch."""
     if torch is None:
         return None
     torch.manual_seed(0)
@@ -135,16 +135,16 @@ def torch_runner(name: str, shapes: dict) -> Callable[[], Any] | None:
     make = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD, "rmsprop": torch.optim.RMSprop}[name]
     extra = {"sgd": {"momentum": 0.9}}.get(name, {})
     try:
-        optimizer = make(params, lr=LR, fused=True, **extra)
+        optimizer, label = make(params, lr=LR, fused=True, **extra), "torch fused"
         optimizer.step()
     except (RuntimeError, TypeError, ValueError):
-        optimizer = make(params, lr=LR, foreach=True, **extra)
+        optimizer, label = make(params, lr=LR, foreach=True, **extra), "torch foreach"
 
     def run_step():
         with torch.no_grad():
             optimizer.step()
 
-    return run_step
+    return label, run_step
 
 
 def copy_bandwidth(steps: int) -> float:
@@ -184,9 +184,10 @@ def bench_workload(label: str, shapes: dict, optimizers: tuple[str, ...], quick:
         for variant, (tx, apply, p, g) in variants.items():
             # donation consumes the params: give each variant its own copy
             runners[variant], compile_seconds[variant] = jax_runner(tx, apply, jax.tree.map(jnp.copy, p), g)
-        torch_step = torch_runner(name, shapes)
-        if torch_step is not None:
-            runners["torch"], compile_seconds["torch"] = torch_step, None
+        torch_labelled = torch_runner(name, shapes)
+        if torch_labelled is not None:
+            label_torch, runners[label_torch] = torch_labelled
+            compile_seconds[label_torch] = None
         for variant, seconds in interleaved_medians(runners, steps).items():
             rows.append(dict(workload=label, optimizer=name, variant=variant, seconds=seconds, compile=compile_seconds[variant], n=n_params))
     return rows
