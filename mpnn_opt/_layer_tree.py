@@ -57,10 +57,10 @@ def _check(entry: Entry) -> None:
     param, grad = entry.param, entry.grad
     if not isinstance(param, np.ndarray) or not param.flags.writeable:
         raise TypeError(f"{entry.where}: expected a writable NumPy array, got {type(param).__name__}")
-    if not np.issubdtype(param.dtype, np.floating):
+    if param.dtype.kind != "f":
         raise TypeError(f"{entry.where}: the parameter has dtype {param.dtype}; only floating-point parameters can be optimized")
-    grad_dtype = np.result_type(grad)
-    if not np.issubdtype(grad_dtype, np.floating):
+    grad_dtype = grad.dtype if isinstance(grad, np.ndarray) else np.result_type(grad)
+    if grad_dtype.kind != "f":
         raise TypeError(f"{entry.where}: the gradient has dtype {grad_dtype}; expected a floating-point gradient")
     if np.shape(grad) != param.shape:
         raise ValueError(f"{entry.where}: the gradient has shape {np.shape(grad)}, but the parameter has shape {param.shape}")

@@ -5,12 +5,16 @@ same constructor arguments, defaults, attributes, ``get_config()``, ``apply_regu
 ``params``, and ``step(layers)`` as ``Model.train`` calls it. The math is :func:`mpnn_opt.sgd`,
 :func:`mpnn_opt.rmsprop` and :func:`mpnn_opt.adam`; see them for the exact update rules.
 
-``step(layers)`` gathers every layer's ``(param, grad)`` into one tree keyed
-``{"layer_{i}": {param_name: ...}}``, runs one jit-compiled update for the whole model, then copies
-the new values into the layers' own arrays (``np.copyto``: layers keep their array objects).
-Hyperparameters enter the compiled function as traced arguments, so assigning
-``optimizer.learning_rate`` (or any other hyperparameter) between steps takes effect without
-recompiling; changing ``regularization`` compiles once more.
+``step(layers)`` names layer ``i``'s parameter ``name`` as ``("layer_{i}", name)`` (the names
+mpneuralnetwork's serialization uses) and packs every parameter, and every gradient, into two flat
+buffers, ``'regularized'`` and ``'unregularized'``, split by the seed's name rule (regularize unless
+the name contains 'bias', 'beta' or 'gamma'). One jit-compiled call of the alias updates the
+two-leaf tree for the whole model; the new values are then copied into the layers' own arrays
+(``np.copyto``: layers keep their array objects). The optimizer state stays on the JAX device between
+steps, in the same packed layout, and is keyed by name and ``id(param)``. Hyperparameters enter the
+compiled function as traced arguments, so assigning ``optimizer.learning_rate`` (or any other
+hyperparameter) between steps takes effect without recompiling; changing ``regularization``, or the
+set or shapes of the parameters, compiles once more.
 
 Differences from mpneuralnetwork 1.1.1:
 
@@ -21,8 +25,11 @@ Differences from mpneuralnetwork 1.1.1:
   the layer and parameter, and no layer has changed (the seed stops half-way through the layers);
 * hyperparameters are float32 inside the update (the seed's scalars are float64 until they meet a
   float32 array); results agree to float32 rounding;
-* the dicts in ``params`` are live and keyed by ``id(param)`` as in the seed, but each ``step`` puts new
-  arrays in them instead of writing into the old ones: read them again after a step;
+* ``params`` returns the same dicts every time, keyed by ``id(param)`` as in the seed, and reading it
+  fills them from the device state; what is written into them (``restore_model_weights``) is used by
+  the next step. But a step does not write into arrays handed out earlier, as the seed's in-place
+  updates do: read ``params`` again after a step;
+* every parameter must have the same floating dtype (mpneuralnetwork uses float32 throughout);
 * ``Model.train(model_checkpoint=True)`` resets the seed Adam's ``t`` when it restores the best
   weights, because it tests ``isinstance(optimizer, mpneuralnetwork.optimizers.Adam)``; ours keeps
   counting. ``serialization.load_model`` rebuilds the seed's class of the same name: use
@@ -76,20 +83,22 @@ def _slots_of(state: Any, names: tuple[str, ...]) -> dict:
 
 @functools.lru_cache(maxsize=None)
 def _compiled_update(alias: Callable, regularization: str | None, slot_names: tuple[str, ...]) -> Callable:
-    """One jitted ``(params, grads, slots, count, hyper) -> (new_params, new_slots)`` per alias and mode.
+    """One jitted ``(params, grads, slots, scratch, count, hyper) -> (new_params, new_slots)`` per alias and mode.
 
     ``params`` and ``grads`` are ``{'regularized': flat, 'unregularized': flat}`` trees, ``slots``
     maps each state name to such a tree. The alias is built inside the traced function from the
-    traced ``hyper``, so new hyperparameter values reuse the compiled code; ``slots`` is donated.
+    traced ``hyper``, so new hyperparameter values reuse the compiled code. ``slots`` and ``scratch``
+    (last step's new params, already copied out) are donated: the outputs reuse their memory.
     """
 
-    def update(params, grads, slots, count, hyper):
+    def update(params, grads, slots, scratch, count, hyper):
+        del scratch  # donated only, so that the new params reuse its memory instead of fresh pages
         TRACE_COUNTS[(alias.__name__, regularization)] += 1
         transform = alias(regularization=regularization, mask=_layer_tree.GROUP_MASK, **hyper)
         updates, new_state = transform.update(grads, _fill(transform.init(params), slots, count), params)
         return apply_updates(params, updates), _slots_of(new_state, slot_names)
 
-    return jax.jit(update, donate_argnums=(2,))
+    return jax.jit(update, donate_argnums=(2, 3))
 
 
 class Optimizer:
@@ -112,6 +121,7 @@ class Optimizer:
         self._validated: tuple | None = None
         self._device: tuple | None = None  # ((layout, param ids), {slot name: flat jax array})
         self._host: tuple | None = None  # ((dtype, group sizes), params buffers, grads buffers)
+        self._last_params: dict | None = None  # last step's new params on device, donated next step
         self._validate()
 
     def _hyper(self) -> dict[str, float]:
@@ -156,14 +166,22 @@ class Optimizer:
         _layer_tree.stage(entries, layout, grads, "grad")
         update = _compiled_update(type(self)._alias, self.regularization, self._slot_names)
         try:
-            new_params, new_slots = update(params, grads, slots, count, self._hyper())
+            new_params, new_slots = update(params, grads, slots, self._scratch(layout), count, self._hyper())
             host = {group: np.asarray(flat) for group, flat in new_params.items()}
         except Exception as error:
             if any(flat.is_deleted() for flat in jax.tree.leaves(slots)):
                 self._device = None
             raise RuntimeError(f"{type(self).__name__}.step failed and changed no layer: {error}") from error
         self._device = ((layout, tuple(id(entry.param) for entry in entries)), new_slots)
+        self._last_params = new_params
         return host
+
+    def _scratch(self, layout: _layer_tree.Layout) -> dict[str, jax.Array]:
+        """Last step's new params (their values are in the layers by now), or fresh buffers."""
+        scratch, self._last_params = self._last_params, None
+        if scratch is None or {group: flat.shape[0] for group, flat in scratch.items()} != layout.sizes:
+            scratch = {group: jnp.zeros(size, layout.dtype) for group, size in layout.sizes.items()}
+        return scratch
 
     def _staging(self, layout: _layer_tree.Layout) -> tuple[dict, dict]:
         """Aligned host buffers for ``layout``'s params and grads, kept from step to step."""

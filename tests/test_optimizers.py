@@ -339,3 +339,18 @@ def test_layers_without_params_are_skipped(rng):
     expected = params["dense"]["weights"] - 0.5 * grads["dense"]["weights"]
     optimizer.step(layers)
     np.testing.assert_allclose(params["dense"]["weights"], expected, rtol=1e-6)
+
+
+# --- the example ------------------------------------------------------------------------------------
+
+
+def test_legacy_example_trains_an_mpneuralnetwork_model_and_prints_each_epoch(capsys):
+    import runpy
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "legacy_mpneuralnetwork.py"
+    accuracy = runpy.run_path(str(example))["main"]()
+    printed = capsys.readouterr().out
+    assert accuracy > 0.9
+    assert printed.count("[training]") == 8
+    assert "checkpoint reloaded: t = " in printed
