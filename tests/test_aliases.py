@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from mpneuralnetwork import optimizers as seed
 
 import mpnn_opt
-from conftest import random_tree, run_seed, run_transform, tree_relative_error
+from oracles import random_tree, run_seed, run_transform, tree_relative_error
 
 STEPS = 50
 ALIASES = {"sgd": (mpnn_opt.sgd, seed.SGD), "rmsprop": (mpnn_opt.rmsprop, seed.RMSprop), "adam": (mpnn_opt.adam, seed.Adam)}

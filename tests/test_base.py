@@ -9,7 +9,7 @@ import optax
 import pytest
 
 import mpnn_opt
-from conftest import random_tree, run_transform, tree_relative_error
+from oracles import random_tree, run_transform, tree_relative_error
 
 
 def test_optax_transform_inside_our_chain_gives_optax_numbers(rng):

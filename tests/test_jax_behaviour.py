@@ -11,7 +11,7 @@ import optax
 import pytest
 
 import mpnn_opt
-from conftest import relative_error
+from oracles import relative_error
 
 ALL = {"sgd": mpnn_opt.sgd, "rmsprop": mpnn_opt.rmsprop, "adam": mpnn_opt.adam}
 OPTAX_TWINS = {

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import mpnn_opt
-from conftest import random_tree, run_transform, tree_relative_error
+from oracles import random_tree, run_transform, tree_relative_error
 from mpnn_opt.packed import Packed, pack, unpack
 
 ALIASES = ("sgd", "rmsprop", "adam")

@@ -15,7 +15,7 @@ from mpneuralnetwork.layers import BatchNormalization, Convolutional, Dense, Dro
 from mpneuralnetwork.losses import MSE
 from mpneuralnetwork.model import Model
 
-from conftest import SeedLayer, random_tree, relative_error
+from oracles import SeedLayer, random_tree, relative_error
 from mpnn_opt import optimizers as ours
 
 CLASSES = ("SGD", "RMSprop", "Adam")

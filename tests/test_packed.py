@@ -9,7 +9,7 @@ import pytest
 from mpneuralnetwork import optimizers as seed
 
 import mpnn_opt
-from conftest import random_tree, run_seed, run_transform, tree_relative_error
+from oracles import random_tree, run_seed, run_transform, tree_relative_error
 from mpnn_opt.packed import Packed, pack, regularized_mask, unpack
 
 ALIASES = {"sgd": (mpnn_opt.sgd, seed.SGD), "rmsprop": (mpnn_opt.rmsprop, seed.RMSprop), "adam": (mpnn_opt.adam, seed.Adam)}
