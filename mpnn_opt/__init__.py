@@ -1,5 +1,6 @@
 """mpnn_opt: the optimizers of mpneuralnetwork as pure, jit-compiled JAX gradient transformations."""
 
+from mpnn_opt import optimizers
 from mpnn_opt.aliases import adam, rmsprop, sgd
 from mpnn_opt.base import (
     EmptyState,
@@ -54,6 +55,7 @@ __all__ = [
     "identity",
     "is_regularized_name",
     "momentum_velocity",
+    "optimizers",
     "rmsprop",
     "scale_by_adam",
     "scale_by_learning_rate",
