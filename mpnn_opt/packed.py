@@ -3,8 +3,8 @@
 A model with hundreds of small arrays pays a fixed cost per array on every jitted optimizer step
 (each array is a separate input, output and loop). :func:`pack` copies a params tree once into a
 :class:`Packed` object holding a few contiguous 1-D buffers, one per (dtype, regularized) group;
-the model reads its arrays back with :func:`unpack`, which under ``jit`` is a set of static
-slices and reshapes that XLA fuses into their consumers (no copy). ``jax.grad`` taken with
+the model reads its arrays back with :func:`unpack`, which under ``jit`` is one split per buffer
+and reshapes, fused by XLA into their consumers (no copy). ``jax.grad`` taken with
 respect to the :class:`Packed` object returns the gradients packed the same way, so optimizer
 state and the update run on the few buffers and nothing is concatenated or split per step::
 
@@ -148,19 +148,24 @@ def pack(params: Any, mask: Mask | None = None) -> Packed:
 
 
 def unpack(packed: Packed) -> Any:
-    """The original tree, each leaf a static slice of its group buffer reshaped to its shape.
+    """The original tree, each leaf a piece of its group buffer reshaped to its shape.
 
-    Under ``jit`` these are views: XLA fuses the slices into whatever reads them, and the gradient
-    of a loss through them lands in the packed buffers. Outside ``jit`` each leaf is a copy.
+    Each buffer is cut with one ``lax.split``: under ``jit`` the pieces are views that XLA fuses
+    into whatever reads them, and the transpose of a split is a single concatenate, so the gradient
+    of a loss through ``unpack`` is written into the packed buffers in one pass (per-leaf slices
+    would transpose into one zero-padded buffer per leaf, summed: quadratic in the leaf count).
+    Outside ``jit`` each leaf is a copy.
     """
     if not isinstance(packed, Packed):
         raise TypeError(f"unpack: expected a Packed (from mpnn_opt.pack), got {type(packed).__name__}")
-    leaves = [
-        None
-        if slot is None
-        else jax.lax.slice_in_dim(packed.buffers[slot.group], slot.offset, slot.offset + math.prod(slot.shape)).reshape(slot.shape)
-        for slot in packed.layout.slots
-    ]
+    slots = packed.layout.slots
+    pieces = {}
+    for group, buffer in enumerate(packed.buffers):
+        members = [index for index, slot in enumerate(slots) if slot is not None and slot.group == group]
+        sizes = [math.prod(slots[index].shape) for index in members]
+        for index, piece in zip(members, jax.lax.split(buffer, sizes) if len(sizes) > 1 else [buffer]):
+            pieces[index] = piece.reshape(slots[index].shape)
+    leaves = [pieces.get(index) for index in range(len(slots))]
     return jax.tree.unflatten(packed.layout.treedef, leaves)
 
 

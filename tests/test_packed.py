@@ -64,6 +64,16 @@ def test_grad_through_unpack_comes_back_packed_and_equals_the_packed_per_leaf_gr
         np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
+def test_grad_through_unpack_is_one_concatenate_per_buffer_not_a_padded_sum_per_leaf():
+    # Per-leaf slices transpose into one zero-padded full buffer per leaf, summed (quadratic in the
+    # leaf count: 140 ms for 1000 leaves of 100 here); a split transposes into a single concatenate.
+    params = {f"layer{i:03d}": {"weights": jnp.full(10, float(i)), "bias": jnp.zeros(3)} for i in range(50)}
+    loss = lambda packed: sum(jnp.sum(jnp.sin(leaf)) for leaf in jax.tree.leaves(unpack(packed)))  # noqa: E731
+    primitives = [equation.primitive.name for equation in jax.make_jaxpr(jax.grad(loss))(pack(params)).jaxpr.eqns]
+    assert primitives.count("concatenate") == 2  # one per buffer: weights (regularized) and bias
+    assert "pad" not in primitives
+
+
 @pytest.mark.parametrize("regularization", ["L1", "L2", None])
 @pytest.mark.parametrize("name", sorted(ALIASES))
 def test_alias_on_packed_params_equals_the_per_leaf_path(name, regularization, rng):
