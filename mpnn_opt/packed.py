@@ -5,8 +5,9 @@ A model with hundreds of small arrays pays a fixed cost per array on every jitte
 :class:`Packed` object holding a few contiguous 1-D buffers, one per (dtype, regularized) group;
 the model reads its arrays back with :func:`unpack`, which under ``jit`` is one split per buffer
 and reshapes, fused by XLA into their consumers (no copy). ``jax.grad`` taken with
-respect to the :class:`Packed` object returns the gradients packed the same way, so optimizer
-state and the update run on the few buffers and nothing is concatenated or split per step::
+respect to the :class:`Packed` object returns the gradients packed the same way (the backward pass
+assembles each buffer's gradient with one concatenate, the transpose of the split), so optimizer
+state and the update run on the few buffers with no concatenate or split of their own::
 
     packed = mpnn_opt.pack(params)              # once
     tx = mpnn_opt.adam(1e-3)
@@ -26,8 +27,9 @@ unless the name contains 'bias', 'beta' or 'gamma') classifies the way ``pack`` 
 leaves. A custom ``mask`` given to ``pack`` decides the groups the same way; to use it in an
 optimizer pass ``mask=regularized_mask`` (or rely on the names, which agree).
 
-Unlike ``optax.flatten``, which concatenates the gradients and splits the updates on every
-step, the packing here is paid once, when the params are packed.
+Unlike ``optax.flatten``, which concatenates the gradients and splits the updates inside every
+update, the packing here is paid once, when the params are packed. Without regularization the
+groups do not matter: ``pack(params, mask=False)`` gives one buffer per dtype, the fewest loops.
 """
 
 from __future__ import annotations
@@ -116,7 +118,8 @@ def pack(params: Any, mask: Mask | None = None) -> Packed:
     """Copies ``params`` into one flat buffer per (dtype, regularized) group, in leaf order.
 
     ``mask`` follows :mod:`mpnn_opt.regularization` (default: the seed's name rule) but must give a
-    Python bool per leaf. Groups appear in the order of their first leaf. ``None`` leaves are kept
+    Python bool per leaf (``mask=False`` or ``True``: one buffer per dtype). Groups appear in the
+    order of their first leaf. ``None`` leaves are kept
     in the layout and come back as ``None``. Call it once, outside the training step; packing a
     gradient tree with the same names and mask gives the same layout.
     """
