@@ -27,9 +27,10 @@ no cross-device communication; ZeRO-1 adds one all-gather of the updates per ste
 it where the replicated params meet the sharded update). Transforms that reduce over all
 parameters (global-norm clipping) need an all-reduce whatever the layout.
 
-optax has no equivalent helper; flax's ``nnx.Optimizer`` gets the same effect by initialising
-state under the params' sharding annotations. Matching is by tree structure, not by position in
-a flat list, so a chain of several stateful transforms is handled.
+With ``zero_axis=None`` this gives what ``optax.tree_map_params(tx, lambda _, s: s, state,
+param_shardings, transform_non_params=lambda _: replicated)`` gives (the tests check that); here
+no state is needed, only shapes, and ZeRO-1 is one argument. Matching is by tree structure, not
+by position in a flat list, so a chain of several stateful transforms is handled.
 """
 
 from __future__ import annotations

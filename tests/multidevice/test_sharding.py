@@ -33,6 +33,7 @@ TRANSFORMS = {
         for name, alias in (("sgd", mpnn_opt.sgd), ("rmsprop", mpnn_opt.rmsprop), ("adam", mpnn_opt.adam))
         for reg in ("L1", "L2", None)
     },
+    "adam-schedule": lambda: mpnn_opt.adam(optax.exponential_decay(0.01, 1, 0.5)),
     "chain-L1-rms-momentum": lambda: mpnn_opt.chain(
         mpnn_opt.add_regularization("L1", 0.01),
         mpnn_opt.scale_by_rms(0.9, 1e-8),
@@ -127,6 +128,18 @@ def test_each_state_leaf_comes_out_with_its_parameters_sharding(name):
             assert leaf.sharding.is_equivalent_to(sharding, leaf.ndim), (leaf.sharding, sharding)
     for count in [leaf for leaf in jax.tree.leaves(state) if leaf.ndim == 0]:
         assert count.sharding.is_fully_replicated
+
+
+@pytest.mark.parametrize("name", TRANSFORMS)
+def test_state_shardings_agree_with_optax_tree_map_params(name):
+    """optax.tree_map_params finds the per-parameter parts of a state its own way (by tracing init)."""
+    tx, params, p_shard = TRANSFORMS[name](), make_params(), param_shardings()
+    replicated = NamedSharding(mesh(), P())
+    expected = optax.tree_map_params(
+        tx, lambda _, sharding: sharding, jax.eval_shape(tx.init, params), p_shard,
+        transform_non_params=lambda _: replicated,
+    )
+    assert state_shardings(tx, params, p_shard) == expected
 
 
 @pytest.mark.parametrize("name", TRANSFORMS)
