@@ -233,5 +233,5 @@ def test_pack_refuses_sharded_leaves_with_an_error_naming_the_leaf(axis_type):
     from mpnn_opt.packed import pack
 
     params = jax.device_put(make_params(), param_shardings(axis_type=axis_type))
-    with pytest.raises(ValueError, match=r"\['dense'\]\['weights'\].*sharded"):
+    with pytest.raises(ValueError, match=r"\['dense'\]\['biases'\].*sharded"):
         pack(params)
