@@ -14,6 +14,14 @@ from mpnn_opt.base import (
     chain,
     identity,
 )
+from mpnn_opt.packed import (
+    LeafSlot,
+    Packed,
+    PackedLayout,
+    pack,
+    regularized_mask,
+    unpack,
+)
 from mpnn_opt.regularization import (
     DecoupledWeightDecayState,
     add_decoupled_weight_decay,
@@ -21,6 +29,7 @@ from mpnn_opt.regularization import (
     is_regularized_name,
     seed_name_mask,
 )
+from mpnn_opt.sharding import per_device_nbytes, state_shardings
 from mpnn_opt.transforms import (
     MomentumVelocityState,
     ScaleByAdamState,
@@ -38,8 +47,11 @@ __all__ = [
     "DecoupledWeightDecayState",
     "EmptyState",
     "GradientTransformation",
+    "LeafSlot",
     "MomentumVelocityState",
     "OptState",
+    "Packed",
+    "PackedLayout",
     "Params",
     "ScalarOrSchedule",
     "ScaleByAdamState",
@@ -56,10 +68,15 @@ __all__ = [
     "is_regularized_name",
     "momentum_velocity",
     "optimizers",
+    "pack",
+    "per_device_nbytes",
+    "regularized_mask",
     "rmsprop",
     "scale_by_adam",
     "scale_by_learning_rate",
     "scale_by_rms",
     "seed_name_mask",
     "sgd",
+    "state_shardings",
+    "unpack",
 ]

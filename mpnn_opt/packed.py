@@ -114,6 +114,18 @@ def _resolve_flags(params: Any, mask: Mask | None) -> list[bool]:
     return [bool(flag) if flag is not None else False for flag in flat_flags]
 
 
+def _refuse_sharded(params: Any) -> None:
+    """A buffer holds leaves end to end, so it cannot keep per-leaf shardings: refuse, never reshard."""
+    for path, leaf in leaves_with_paths(params):
+        sharding = None if isinstance(leaf, jax.core.Tracer) else getattr(leaf, "sharding", None)
+        if sharding is not None and not sharding.is_fully_replicated:
+            raise ValueError(
+                f"pack: params at {path_str(path)} are sharded ({sharding}); a packed buffer holds leaves "
+                "end to end and cannot keep a per-leaf sharding. Pack replicated params, or keep the "
+                "per-leaf tree and lay out the state with mpnn_opt.state_shardings."
+            )
+
+
 def pack(params: Any, mask: Mask | None = None) -> Packed:
     """Copies ``params`` into one flat buffer per (dtype, regularized) group, in leaf order.
 
@@ -124,6 +136,7 @@ def pack(params: Any, mask: Mask | None = None) -> Packed:
     gradient tree with the same names and mask gives the same layout.
     """
     check_float_leaves(params, "params")
+    _refuse_sharded(params)
     flags = _resolve_flags(params, mask)
     leaves = leaves_with_paths(params)
     groups: dict[tuple[str, bool], list[jax.Array]] = {}

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from mpnn_opt import _checks
-from mpnn_opt._numerics import safe_increment, value_at, zero_count
+from mpnn_opt._numerics import advance, schedule_count, value_at
 from mpnn_opt._tree import (
     broadcast_mask,
     check_float_leaves,
@@ -103,7 +103,7 @@ def add_regularization(regularization: str | None, weight_decay: float, mask: Ma
 
 
 class DecoupledWeightDecayState(NamedTuple):
-    count: jax.Array  # int32, steps taken; a learning-rate schedule is read at this value
+    count: jax.Array | None  # int32 steps taken, for a learning-rate schedule; None for a constant rate
 
 
 def add_decoupled_weight_decay(
@@ -123,7 +123,7 @@ def add_decoupled_weight_decay(
 
     def init_fn(params: Params) -> DecoupledWeightDecayState:
         del params
-        return DecoupledWeightDecayState(count=zero_count())
+        return DecoupledWeightDecayState(count=schedule_count(learning_rate))
 
     def update_fn(updates, state, params=None):
         _require_params(params, "add_decoupled_weight_decay")
@@ -140,6 +140,6 @@ def add_decoupled_weight_decay(
             stepped = w + u.astype(dtype)
             return _where(flag, (stepped - shrink * stepped - w).astype(u.dtype), u)
 
-        return tree_map(decay, updates, params, flags), DecoupledWeightDecayState(count=safe_increment(state.count))
+        return tree_map(decay, updates, params, flags), DecoupledWeightDecayState(count=advance(state.count))
 
     return GradientTransformation(init_fn, update_fn)

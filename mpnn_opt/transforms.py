@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from mpnn_opt import _checks
-from mpnn_opt._numerics import bias_correction, safe_increment, value_at, zero_count
+from mpnn_opt._numerics import advance, bias_correction, safe_increment, schedule_count, value_at, zero_count
 from mpnn_opt._tree import check_float_leaves, check_same_structure, compute_dtype, tree_map, unzip, zeros_like_tree
 from mpnn_opt.base import GradientTransformation, Params, ScalarOrSchedule, Updates
 
@@ -45,33 +45,34 @@ def _to_compute(x: jax.Array) -> jax.Array:
 
 
 class ScaleByLearningRateState(NamedTuple):
-    count: jax.Array  # int32, steps taken; the schedule is read at this value
+    count: jax.Array | None  # int32 steps taken, where the schedule is read; None for a constant rate
 
 
 def scale_by_learning_rate(learning_rate: ScalarOrSchedule) -> GradientTransformation:
     """Turns a direction into a descent step: ``u = -lr_t * g``.
 
-    ``learning_rate`` is a float or a schedule ``fn(count) -> value`` read at the 0-based step count.
+    ``learning_rate`` is a float or a schedule ``fn(count) -> value`` read at the 0-based step count;
+    the state keeps that count only for a schedule (``None`` otherwise), as optax does.
     Same as optax's ``scale_by_learning_rate`` (which flips the sign the same way).
     """
     _checks.non_negative("learning_rate", learning_rate)
 
     def init_fn(params: Params) -> ScaleByLearningRateState:
         check_float_leaves(params, "params")
-        return ScaleByLearningRateState(count=zero_count())
+        return ScaleByLearningRateState(count=schedule_count(learning_rate))
 
     def update_fn(updates, state, params=None):
         del params
         check_float_leaves(updates, "updates")
         lr = value_at(learning_rate, state.count)
         updates = tree_map(lambda g: (-lr * _to_compute(g)).astype(g.dtype), updates)
-        return updates, ScaleByLearningRateState(count=safe_increment(state.count))
+        return updates, ScaleByLearningRateState(count=advance(state.count))
 
     return GradientTransformation(init_fn, update_fn)
 
 
 class MomentumVelocityState(NamedTuple):
-    count: jax.Array  # int32, steps taken
+    count: jax.Array | None  # int32 steps taken, for a learning-rate schedule; None for a constant rate
     velocities: Any  # v, mirrors params
 
 
@@ -90,7 +91,7 @@ def momentum_velocity(
     _checks.in_unit_interval("momentum", momentum)
 
     def init_fn(params: Params) -> MomentumVelocityState:
-        return MomentumVelocityState(count=zero_count(), velocities=_init_state_tree(params, state_dtype))
+        return MomentumVelocityState(count=schedule_count(learning_rate), velocities=_init_state_tree(params, state_dtype))
 
     def update_fn(updates, state, params=None):
         del params
@@ -102,7 +103,7 @@ def momentum_velocity(
             return v_new.astype(g.dtype), v_new.astype(v.dtype)
 
         new_updates, velocities = unzip(updates, tree_map(step, updates, state.velocities), 2)
-        return new_updates, MomentumVelocityState(count=safe_increment(state.count), velocities=velocities)
+        return new_updates, MomentumVelocityState(count=advance(state.count), velocities=velocities)
 
     return GradientTransformation(init_fn, update_fn)
 

@@ -27,13 +27,14 @@ def test_scale_by_learning_rate_negates_and_scales():
     outputs, state = _run(mpnn_opt.scale_by_learning_rate(0.1))
     for got, g in zip(outputs, GRADS):
         np.testing.assert_allclose(got, -0.1 * g, rtol=1e-7)
-    assert int(state.count) == 3 and state.count.dtype == jnp.int32
+    assert state.count is None  # a constant rate keeps no counter
 
 
 def test_scale_by_learning_rate_reads_a_schedule_at_the_step_count():
-    outputs, _ = _run(mpnn_opt.scale_by_learning_rate(lambda count: 0.1 * (count + 1)))
+    outputs, state = _run(mpnn_opt.scale_by_learning_rate(lambda count: 0.1 * (count + 1)))
     for step, (got, g) in enumerate(zip(outputs, GRADS)):
         np.testing.assert_allclose(got, -0.1 * (step + 1) * g, rtol=1e-6)
+    assert int(state.count) == 3 and state.count.dtype == jnp.int32
 
 
 def test_momentum_velocity_keeps_the_learning_rate_inside_the_buffer():

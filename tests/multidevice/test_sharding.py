@@ -221,7 +221,6 @@ def test_zero1_keeps_the_parameters_sharding_where_the_data_axis_divides_no_free
     assert velocities["head"]["weights"].spec == P("model", "data")
 
 
-@pytest.mark.xfail(strict=True, reason="mpnn_opt.packed.pack concatenates sharded leaves; see issue 6 item 3")
 @pytest.mark.parametrize("axis_type", [AxisType.Auto, AxisType.Explicit], ids=["auto", "explicit"])
 def test_pack_refuses_sharded_leaves_with_an_error_naming_the_leaf(axis_type):
     """A packed buffer cannot hold leaves laid out differently; packing must not silently reshard.
