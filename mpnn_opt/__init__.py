@@ -1,6 +1,6 @@
 """mpnn_opt: the optimizers of mpneuralnetwork as pure, jit-compiled JAX gradient transformations."""
 
-from mpnn_opt import optimizers
+from mpnn_opt import optimizers, schedules
 from mpnn_opt.aliases import adam, rmsprop, sgd
 from mpnn_opt.base import (
     EmptyState,
@@ -13,6 +13,12 @@ from mpnn_opt.base import (
     apply_updates,
     chain,
     identity,
+)
+from mpnn_opt.hyperparams import (
+    InjectHyperparamsState,
+    inject_hyperparams,
+    read_value,
+    with_hyperparam,
 )
 from mpnn_opt.packed import (
     LeafSlot,
@@ -47,6 +53,7 @@ __all__ = [
     "DecoupledWeightDecayState",
     "EmptyState",
     "GradientTransformation",
+    "InjectHyperparamsState",
     "LeafSlot",
     "MomentumVelocityState",
     "OptState",
@@ -65,18 +72,22 @@ __all__ = [
     "apply_updates",
     "chain",
     "identity",
+    "inject_hyperparams",
     "is_regularized_name",
     "momentum_velocity",
     "optimizers",
     "pack",
     "per_device_nbytes",
+    "read_value",
     "regularized_mask",
     "rmsprop",
     "scale_by_adam",
     "scale_by_learning_rate",
     "scale_by_rms",
+    "schedules",
     "seed_name_mask",
     "sgd",
     "state_shardings",
     "unpack",
+    "with_hyperparam",
 ]
