@@ -14,6 +14,7 @@ from mpnn_opt.base import (
     chain,
     identity,
 )
+from mpnn_opt.clipping import clip, clip_by_global_norm, clip_by_leaf_norm, global_norm
 from mpnn_opt.hyperparams import (
     InjectHyperparamsState,
     inject_hyperparams,
@@ -46,6 +47,14 @@ from mpnn_opt.transforms import (
     scale_by_learning_rate,
     scale_by_rms,
 )
+from mpnn_opt.wrappers import (
+    ParamsEma,
+    SkipNonFiniteState,
+    ema_params,
+    params_ema_init,
+    params_ema_update,
+    skip_non_finite,
+)
 
 __version__ = "0.1.0"
 
@@ -60,23 +69,32 @@ __all__ = [
     "Packed",
     "PackedLayout",
     "Params",
+    "ParamsEma",
     "ScalarOrSchedule",
     "ScaleByAdamState",
     "ScaleByLearningRateState",
     "ScaleByRmsState",
     "Schedule",
+    "SkipNonFiniteState",
     "Updates",
     "adam",
     "add_decoupled_weight_decay",
     "add_regularization",
     "apply_updates",
     "chain",
+    "clip",
+    "clip_by_global_norm",
+    "clip_by_leaf_norm",
+    "ema_params",
+    "global_norm",
     "identity",
     "inject_hyperparams",
     "is_regularized_name",
     "momentum_velocity",
     "optimizers",
     "pack",
+    "params_ema_init",
+    "params_ema_update",
     "per_device_nbytes",
     "read_value",
     "regularized_mask",
@@ -87,6 +105,7 @@ __all__ = [
     "schedules",
     "seed_name_mask",
     "sgd",
+    "skip_non_finite",
     "state_shardings",
     "unpack",
     "with_hyperparam",
