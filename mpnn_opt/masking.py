@@ -1,0 +1,127 @@
+"""Choosing which leaves a transform touches: masks, labelled groups, and freezing.
+
+* :func:`masked` runs a transform on the masked-in leaves only; the others pass through unchanged.
+* :func:`path_mask` builds a mask from glob patterns on leaf paths such as ``'encoder/*/bias'``.
+* :func:`partition` routes each labelled group of leaves to its own transform (per-group learning rates).
+* :func:`freeze` zeroes the updates of the masked-in leaves.
+
+The inner states keep the full params structure, with ``None`` where a leaf is masked out, so every
+state still mirrors the params tree.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Any, Callable, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from mpnn_opt._tree import broadcast_mask, leaves_with_paths, map_with_path, tree_map
+from mpnn_opt.base import EmptyState, GradientTransformation, OptState, Params
+from mpnn_opt.regularization import Mask
+
+__all__ = ["MaskedState", "masked", "path_mask", "PartitionState", "partition", "freeze"]
+
+
+def _path_text(path: tuple) -> str:
+    parts = []
+    for key in path:
+        for attribute in ("key", "name", "idx"):
+            if hasattr(key, attribute):
+                parts.append(str(getattr(key, attribute)))
+                break
+    return "/".join(parts)
+
+
+def path_mask(*patterns: str) -> Callable[[Params], Any]:
+    """A callable mask: ``True`` where the leaf's path (keys joined by ``/``) matches any glob pattern."""
+    if not patterns:
+        raise ValueError("path_mask needs at least one pattern")
+    return lambda params: map_with_path(lambda path, _: any(fnmatch.fnmatchcase(_path_text(path), p) for p in patterns), params)
+
+
+def _static_flags(mask: Mask, params: Params, argument: str) -> Any:
+    flags = broadcast_mask(mask, params, argument)
+    for path, flag in leaves_with_paths(flags):
+        if flag is not None and not isinstance(flag, bool):
+            raise TypeError(f"{argument} must give a Python bool per leaf; got {type(flag).__name__} at {jax.tree_util.keystr(path)}")
+    return flags
+
+
+def _select(tree: Any, flags: Any, wanted: Any = True) -> Any:
+    return tree_map(lambda leaf, flag: leaf if flag == wanted else None, tree, flags)
+
+
+def _merge(base: Any, replacement: Any, flags: Any, wanted: Any = True) -> Any:
+    return tree_map(lambda leaf, new, flag: new if flag == wanted else leaf, base, replacement, flags)
+
+
+class MaskedState(NamedTuple):
+    inner_state: OptState  # the inner transform's state over the masked-in leaves (None elsewhere)
+
+
+def masked(inner: GradientTransformation, mask: Mask) -> GradientTransformation:
+    """``inner`` on the leaves where ``mask`` is True; the other updates pass through unchanged.
+
+    ``mask`` is a bool pytree (or a prefix of one) or a callable ``params -> bools``, such as
+    :func:`path_mask`. Like optax ``masked``.
+    """
+
+    def init_fn(params: Params) -> MaskedState:
+        return MaskedState(inner.init(_select(params, _static_flags(mask, params, "mask"))))
+
+    def update_fn(updates, state, params=None):
+        flags = _static_flags(mask, updates if params is None else params, "mask")
+        chosen_params = None if params is None else _select(params, flags)
+        new_updates, inner_state = inner.update(_select(updates, flags), state.inner_state, chosen_params)
+        return _merge(updates, new_updates, flags), MaskedState(inner_state)
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+class PartitionState(NamedTuple):
+    inner_states: dict  # label -> that group's transform state
+
+
+def partition(transforms: Mapping[Any, GradientTransformation], labels: Any) -> GradientTransformation:
+    """Each leaf goes to ``transforms[label]``, its label given by ``labels`` (a pytree of labels shaped
+    like the params, a prefix of one, or a callable ``params -> labels``). Like optax ``multi_transform``
+    (``partition``); an unknown label raises naming the path.
+    """
+
+    def resolve(params: Params) -> Any:
+        tree = broadcast_mask(labels, params, "labels")
+        for path, label in leaves_with_paths(tree):
+            if label is not None and label not in transforms:
+                raise ValueError(f"labels at {jax.tree_util.keystr(path)} is {label!r}, which has no transform; known: {sorted(map(str, transforms))}")
+        return tree
+
+    def init_fn(params: Params) -> PartitionState:
+        tree = resolve(params)
+        return PartitionState({label: tx.init(_select(params, tree, label)) for label, tx in transforms.items()})
+
+    def update_fn(updates, state, params=None):
+        tree = resolve(updates if params is None else params)
+        new_updates, new_states = updates, {}
+        for label, tx in transforms.items():
+            chosen_params = None if params is None else _select(params, tree, label)
+            group, new_states[label] = tx.update(_select(updates, tree, label), state.inner_states[label], chosen_params)
+            new_updates = _merge(new_updates, group, tree, label)
+        return new_updates, PartitionState(new_states)
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+def freeze(mask: Mask) -> GradientTransformation:
+    """Zero updates on the leaves where ``mask`` is True (put it last in a chain to keep them fixed)."""
+
+    def init_fn(params: Params) -> EmptyState:
+        del params
+        return EmptyState()
+
+    def update_fn(updates, state, params=None):
+        flags = _static_flags(mask, updates if params is None else params, "mask")
+        return tree_map(lambda u, flag: jnp.zeros_like(u) if flag else u, updates, flags), state
+
+    return GradientTransformation(init_fn, update_fn)
