@@ -1,6 +1,7 @@
 """mpnn_opt: the optimizers of mpneuralnetwork as pure, jit-compiled JAX gradient transformations."""
 
 from mpnn_opt import optimizers, schedules
+from mpnn_opt.accumulation import AccumulateState, accumulate
 from mpnn_opt.aliases import adam, rmsprop, sgd
 from mpnn_opt.base import (
     EmptyState,
@@ -67,6 +68,7 @@ from mpnn_opt.wrappers import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AccumulateState",
     "DecoupledWeightDecayState",
     "EmptyState",
     "GradientTransformation",
@@ -87,6 +89,7 @@ __all__ = [
     "Schedule",
     "SkipNonFiniteState",
     "Updates",
+    "accumulate",
     "adam",
     "add_decoupled_weight_decay",
     "add_regularization",
