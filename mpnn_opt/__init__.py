@@ -1,6 +1,6 @@
 """mpnn_opt: the optimizers of mpneuralnetwork as pure, jit-compiled JAX gradient transformations."""
 
-from mpnn_opt import optimizers, schedules
+from mpnn_opt import extra_transforms, optimizers, presets, schedules
 from mpnn_opt.accumulation import AccumulateState, accumulate
 from mpnn_opt.aliases import adam, rmsprop, sgd
 from mpnn_opt.base import (
@@ -37,6 +37,14 @@ from mpnn_opt.packed import (
     pack,
     regularized_mask,
     unpack,
+)
+from mpnn_opt.presets import (
+    lion,
+    nadam,
+    torch_adagrad,
+    torch_adamw,
+    torch_rmsprop,
+    torch_sgd,
 )
 from mpnn_opt.regularization import (
     DecoupledWeightDecayState,
@@ -99,13 +107,16 @@ __all__ = [
     "clip_by_global_norm",
     "clip_by_leaf_norm",
     "ema_params",
+    "extra_transforms",
     "freeze",
     "global_norm",
     "identity",
     "inject_hyperparams",
     "is_regularized_name",
+    "lion",
     "masked",
     "momentum_velocity",
+    "nadam",
     "optimizers",
     "pack",
     "params_ema_init",
@@ -113,6 +124,7 @@ __all__ = [
     "partition",
     "path_mask",
     "per_device_nbytes",
+    "presets",
     "read_value",
     "regularized_mask",
     "rmsprop",
@@ -124,6 +136,10 @@ __all__ = [
     "sgd",
     "skip_non_finite",
     "state_shardings",
+    "torch_adagrad",
+    "torch_adamw",
+    "torch_rmsprop",
+    "torch_sgd",
     "unpack",
     "with_hyperparam",
 ]

@@ -37,8 +37,13 @@ def _is_numeric(value: Any) -> bool:
     return isinstance(value, numbers.Real) or (isinstance(value, jax.Array) and jnp.ndim(value) == 0)
 
 
-def inject_hyperparams(factory: Callable[..., GradientTransformation]) -> Callable[..., GradientTransformation]:
+def inject_hyperparams(
+    factory: Callable[..., GradientTransformation], static_args: tuple[str, ...] = ()
+) -> Callable[..., GradientTransformation]:
     """Wraps ``factory`` (e.g. :func:`mpnn_opt.adam`) so its numeric and scheduled arguments live in the state.
+
+    Arguments named in ``static_args`` stay Python values (for those that choose the structure of the
+    transform, such as ``momentum`` in :func:`mpnn_opt.presets.torch_rmsprop`).
 
     The factory is called once with the initial values, so invalid hyperparameters still raise at
     construction. Unlike optax's ``inject_hyperparams``, the arrays are always float32.
@@ -47,8 +52,8 @@ def inject_hyperparams(factory: Callable[..., GradientTransformation]) -> Callab
     def wrapped(*args: Any, **kwargs: Any) -> GradientTransformation:
         if args:
             raise TypeError(f"inject_hyperparams({factory.__name__}): pass hyperparameters by keyword")
-        schedules = {name: value for name, value in kwargs.items() if callable(value)}
-        numeric = {name: value for name, value in kwargs.items() if _is_numeric(value)}
+        schedules = {name: value for name, value in kwargs.items() if callable(value) and name not in static_args}
+        numeric = {name: value for name, value in kwargs.items() if _is_numeric(value) and name not in static_args}
         static = {name: value for name, value in kwargs.items() if name not in schedules and name not in numeric}
         initial = factory(**static, **numeric, **{name: float(schedule(0)) for name, schedule in schedules.items()})
 

@@ -1,0 +1,64 @@
+"""Optimizers beyond the seed's, each following a named library's definition exactly.
+
+``torch_*`` aliases reproduce torch.optim (coupled ``weight_decay`` as ``g + wd * w``, learning rate outside
+the momentum buffer, eps outside the root); ``nadam`` and ``lion`` follow optax. Their learning rates
+accept schedules, and ``inject_hyperparams`` changes them between steps without recompiling.
+"""
+
+from __future__ import annotations
+
+from mpnn_opt import extra_transforms as blocks
+from mpnn_opt.base import GradientTransformation, ScalarOrSchedule, chain
+from mpnn_opt.regularization import add_regularization
+from mpnn_opt.transforms import scale_by_adam, scale_by_learning_rate, scale_by_rms
+
+__all__ = ["torch_sgd", "torch_rmsprop", "torch_adamw", "torch_adagrad", "nadam", "lion"]
+
+
+def _coupled_l2(weight_decay: float) -> GradientTransformation:
+    # torch's weight_decay touches every parameter: an all-True mask, not the seed's name rule
+    return add_regularization("L2", weight_decay, mask=True)
+
+
+def torch_sgd(learning_rate: ScalarOrSchedule, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0) -> GradientTransformation:
+    """torch ``SGD`` (dampening 0): ``g' = g + wd*w``, ``b = m*b + g'``, ``w -= lr * (g' + m*b if nesterov else b)``."""
+    return chain(_coupled_l2(weight_decay), blocks.trace(momentum, nesterov), scale_by_learning_rate(learning_rate))
+
+
+def torch_rmsprop(
+    learning_rate: ScalarOrSchedule = 0.01, alpha: float = 0.99, epsilon: float = 1e-8, weight_decay: float = 0.0,
+    momentum: float = 0.0, centered: bool = False,
+) -> GradientTransformation:
+    """torch ``RMSprop``: ``s = a*s + (1-a)*g'^2``, ``d = g' / (sqrt(s [- mean^2 if centered]) + eps)``,
+    ``b = m*b + d`` when ``momentum > 0``, ``w -= lr * (b or d)``."""
+    direction = blocks.scale_by_centered_rms(alpha, epsilon) if centered else scale_by_rms(alpha, epsilon)
+    steps = [_coupled_l2(weight_decay), direction]
+    if momentum > 0:
+        steps.append(blocks.trace(momentum))
+    return chain(*steps, scale_by_learning_rate(learning_rate))
+
+
+def torch_adamw(
+    learning_rate: ScalarOrSchedule = 0.001, beta1: float = 0.9, beta2: float = 0.999, epsilon: float = 1e-8,
+    weight_decay: float = 0.01, amsgrad: bool = False,
+) -> GradientTransformation:
+    """torch ``AdamW``: ``w = w - lr * (adam_direction + wd * w)`` (decay of the old weight, scaled by lr);
+    optax ``adamw`` is the same. The seed's 'L2' Adam decays the stepped weight instead."""
+    direction = blocks.scale_by_amsgrad(beta1, beta2, epsilon) if amsgrad else scale_by_adam(beta1, beta2, epsilon)
+    return chain(direction, blocks.add_decayed_weights(weight_decay), scale_by_learning_rate(learning_rate))
+
+
+def torch_adagrad(learning_rate: ScalarOrSchedule = 0.01, epsilon: float = 1e-10, initial_accumulator_value: float = 0.0,
+                  weight_decay: float = 0.0) -> GradientTransformation:
+    """torch ``Adagrad`` (lr_decay 0): ``s = s + g'^2``, ``w -= lr * g' / (sqrt(s) + eps)``."""
+    return chain(_coupled_l2(weight_decay), blocks.scale_by_rss(initial_accumulator_value, epsilon), scale_by_learning_rate(learning_rate))
+
+
+def nadam(learning_rate: ScalarOrSchedule, beta1: float = 0.9, beta2: float = 0.999, epsilon: float = 1e-8) -> GradientTransformation:
+    """optax ``nadam``: see :func:`mpnn_opt.extra_transforms.scale_by_nadam`."""
+    return chain(blocks.scale_by_nadam(beta1, beta2, epsilon), scale_by_learning_rate(learning_rate))
+
+
+def lion(learning_rate: ScalarOrSchedule, beta1: float = 0.9, beta2: float = 0.99, weight_decay: float = 0.001) -> GradientTransformation:
+    """optax ``lion``: ``w -= lr * (sign(b1*m + (1-b1)*g) + wd * w)``, ``m = b2*m + (1-b2)*g``."""
+    return chain(blocks.scale_by_lion(beta1, beta2), blocks.add_decayed_weights(weight_decay), scale_by_learning_rate(learning_rate))
