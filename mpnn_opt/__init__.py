@@ -106,6 +106,7 @@ __all__ = [
     "clip",
     "clip_by_global_norm",
     "clip_by_leaf_norm",
+    "conventional",
     "ema_params",
     "extra_transforms",
     "freeze",

@@ -7,12 +7,13 @@ accept schedules, and ``inject_hyperparams`` changes them between steps without 
 
 from __future__ import annotations
 
+from mpnn_opt import aliases
 from mpnn_opt import extra_transforms as blocks
 from mpnn_opt.base import GradientTransformation, ScalarOrSchedule, chain
 from mpnn_opt.regularization import add_regularization
-from mpnn_opt.transforms import scale_by_adam, scale_by_learning_rate, scale_by_rms
+from mpnn_opt.transforms import momentum_velocity, scale_by_adam, scale_by_learning_rate, scale_by_rms
 
-__all__ = ["torch_sgd", "torch_rmsprop", "torch_adamw", "torch_adagrad", "nadam", "lion"]
+__all__ = ["torch_sgd", "torch_rmsprop", "torch_adamw", "torch_adagrad", "nadam", "lion", "CONVENTIONS", "conventional"]
 
 
 def _coupled_l2(weight_decay: float) -> GradientTransformation:
@@ -62,3 +63,47 @@ def nadam(learning_rate: ScalarOrSchedule, beta1: float = 0.9, beta2: float = 0.
 def lion(learning_rate: ScalarOrSchedule, beta1: float = 0.9, beta2: float = 0.99, weight_decay: float = 0.001) -> GradientTransformation:
     """optax ``lion``: ``w -= lr * (sign(b1*m + (1-b1)*g) + wd * w)``, ``m = b2*m + (1-b2)*g``."""
     return chain(blocks.scale_by_lion(beta1, beta2), blocks.add_decayed_weights(weight_decay), scale_by_learning_rate(learning_rate))
+
+
+CONVENTIONS = ("seed", "torch", "optax", "keras")
+
+
+def conventional(optimizer: str, convention: str, learning_rate: ScalarOrSchedule, **hyperparameters) -> GradientTransformation:
+    """``optimizer`` ('sgd', 'rmsprop' or 'adam') as ``convention`` defines it, without weight decay
+    (except 'seed', which keeps the seed's defaults and regularization). The differences:
+
+    * sgd: 'seed' and 'keras' keep lr inside the velocity (``v = m*v - lr*g``); 'torch' and 'optax' outside
+      (``b = m*b + g; u = -lr*b``): equal at a constant rate, different once it changes.
+    * rmsprop: 'seed' and 'torch' put eps outside the root (``g / (sqrt(c) + eps)``); 'optax' and 'keras'
+      inside (``g / sqrt(c + eps)``).
+    * adam: 'seed', 'torch' and 'optax' bias-correct eps (``m_hat / (sqrt(v_hat) + eps)``); 'keras' uses
+      eps-hat (``lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)``).
+
+    ``hyperparameters`` are the block's own names: ``momentum``; ``decay_rate``, ``epsilon``; ``beta1``,
+    ``beta2``, ``epsilon``. Each library's defaults apply where not given (Keras: eps 1e-7, rho 0.9;
+    torch RMSprop: alpha 0.99).
+    """
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
+    if optimizer == "sgd":
+        momentum = hyperparameters.pop("momentum", 0.1 if convention == "seed" else 0.0)
+        if convention == "seed":
+            return aliases.sgd(learning_rate, momentum=momentum, **hyperparameters)
+        if convention == "keras":
+            return momentum_velocity(learning_rate, momentum, **hyperparameters)
+        return torch_sgd(learning_rate, momentum, **hyperparameters)
+    if optimizer == "rmsprop":
+        if convention == "seed":
+            return aliases.rmsprop(learning_rate, **hyperparameters)
+        defaults = {"torch": (0.99, 1e-8), "optax": (0.9, 1e-8), "keras": (0.9, 1e-7)}[convention]
+        decay_rate = hyperparameters.pop("decay_rate", defaults[0])
+        epsilon = hyperparameters.pop("epsilon", defaults[1])
+        direction = scale_by_rms(decay_rate, epsilon, eps_in_sqrt=convention in ("optax", "keras"), **hyperparameters)
+        return chain(direction, scale_by_learning_rate(learning_rate))
+    if optimizer == "adam":
+        if convention == "seed":
+            return aliases.adam(learning_rate, **hyperparameters)
+        hyperparameters.setdefault("epsilon", 1e-7 if convention == "keras" else 1e-8)
+        direction = scale_by_adam(epsilon_hat=convention == "keras", **hyperparameters)
+        return chain(direction, scale_by_learning_rate(learning_rate))
+    raise ValueError(f"optimizer must be 'sgd', 'rmsprop' or 'adam', got {optimizer!r}")

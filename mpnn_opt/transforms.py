@@ -112,13 +112,14 @@ class ScaleByRmsState(NamedTuple):
     cache: Any  # running mean of g^2, mirrors params
 
 
-def scale_by_rms(decay_rate: float = 0.9, epsilon: float = 1e-8, *, state_dtype: Any | None = None) -> GradientTransformation:
-    """Divides by the root of a running mean of squared updates, eps outside the root.
+def scale_by_rms(
+    decay_rate: float = 0.9, epsilon: float = 1e-8, *, eps_in_sqrt: bool = False, state_dtype: Any | None = None
+) -> GradientTransformation:
+    """Divides by the root of a running mean of squared updates.
 
-    ``c_t = decay * c_{t-1} + (1 - decay) * g_t^2``, ``u_t = g_t / (sqrt(c_t) + eps)``, ``c_0 = 0``.
-
-    Matches optax ``scale_by_rms(eps_in_sqrt=False, initial_scale=0)`` and torch ``RMSprop``
-    (``alpha`` = decay). optax's default puts eps inside the root; Keras does too.
+    ``c_t = decay * c_{t-1} + (1 - decay) * g_t^2``, ``c_0 = 0``, and
+    ``u_t = g_t / (sqrt(c_t) + eps)`` (the seed, torch ``RMSprop``), or with ``eps_in_sqrt=True``
+    ``u_t = g_t / sqrt(c_t + eps)`` (optax's default ``scale_by_rms``, Keras ``RMSprop``).
     """
     _checks.in_unit_interval("decay_rate", decay_rate)
     _checks.positive("epsilon", epsilon)
@@ -133,7 +134,8 @@ def scale_by_rms(decay_rate: float = 0.9, epsilon: float = 1e-8, *, state_dtype:
         def step(g, c):
             g32 = _to_compute(g)
             c_new = decay_rate * _to_compute(c) + (1 - decay_rate) * jnp.square(g32)
-            return (g32 / (jnp.sqrt(c_new) + epsilon)).astype(g.dtype), c_new.astype(c.dtype)
+            denominator = jnp.sqrt(c_new + epsilon) if eps_in_sqrt else jnp.sqrt(c_new) + epsilon
+            return (g32 / denominator).astype(g.dtype), c_new.astype(c.dtype)
 
         new_updates, cache = unzip(updates, tree_map(step, updates, state.cache), 2)
         return new_updates, ScaleByRmsState(cache=cache)
@@ -148,7 +150,8 @@ class ScaleByAdamState(NamedTuple):
 
 
 def scale_by_adam(
-    beta1: float = 0.9, beta2: float = 0.999, epsilon: float = 1e-8, *, state_dtype: Any | None = None
+    beta1: float = 0.9, beta2: float = 0.999, epsilon: float = 1e-8, *, epsilon_hat: bool = False,
+    state_dtype: Any | None = None,
 ) -> GradientTransformation:
     """Adam's direction, with bias correction from its own step count.
 
@@ -158,7 +161,9 @@ def scale_by_adam(
 
     This is the seed's arrangement of ``m_hat / (sqrt(v_hat) + eps)``; optax ``scale_by_adam``
     and torch ``Adam`` compute the same quantity (optax as ``sqrt(v_t / (1 - beta2^t))``), equal up
-    to float rounding; ``1 - beta^t`` is computed without cancellation (see ``bias_correction``),
+    to float rounding. With ``epsilon_hat=True`` eps is not bias-corrected, as in Keras ``Adam`` and TF1
+    (Kingma & Ba's "epsilon hat"): ``u_t = (sqrt(1 - beta2^t) / (1 - beta1^t)) * m_t / (sqrt(v_t) + eps)``.
+    ``1 - beta^t`` is computed without cancellation (see ``bias_correction``),
     closer to the seed's float64 scalars than optax's and torch's float32 ``1 - beta**t``. Keras adds eps the same way; TF1's "epsilon hat" does not.
     """
     _checks.in_unit_interval("beta1", beta1)
@@ -183,7 +188,10 @@ def scale_by_adam(
             g32 = _to_compute(g)
             m_new = beta1 * _to_compute(m) + (1 - beta1) * g32
             v_new = beta2 * _to_compute(v) + (1 - beta2) * jnp.square(g32)
-            direction = (m_new / bias_correction1) / (jnp.sqrt(v_new) / sqrt_bias_correction2 + epsilon)
+            if epsilon_hat:
+                direction = (sqrt_bias_correction2 / bias_correction1) * m_new / (jnp.sqrt(v_new) + epsilon)
+            else:
+                direction = (m_new / bias_correction1) / (jnp.sqrt(v_new) / sqrt_bias_correction2 + epsilon)
             return direction.astype(g.dtype), m_new.astype(m.dtype), v_new.astype(v.dtype)
 
         triples = tree_map(step, updates, state.momentums, state.velocities)

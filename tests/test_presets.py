@@ -102,3 +102,79 @@ def test_amsgrad_keeps_the_largest_second_moment_by_hand():
         v = 0.5 * v + 0.5 * g * g
         v_max = max(v_max, v)
         np.testing.assert_allclose(updates["w"], [g / (np.sqrt(v_max) / np.sqrt(1 - 0.5**t) + 1e-8)], rtol=1e-6)
+
+
+def test_optax_convention_rmsprop_puts_eps_inside_the_root_like_optax_default(rng):
+    from oracles import run_transform
+
+    params0 = random_tree(rng)
+    grads = [random_tree(rng) for _ in range(STEPS)]
+    got = run_transform(presets.conventional("rmsprop", "optax", 0.01, epsilon=1e-4), params0, grads)
+    expected = run_transform(optax.rmsprop(0.01, eps=1e-4), params0, grads, apply=optax.apply_updates)
+    assert max(tree_relative_error(a, b) for a, b in zip(got, expected)) <= 1e-6
+
+
+def test_torch_convention_rmsprop_uses_torch_defaults(rng):
+    torch = pytest.importorskip("torch")
+    from oracles import run_transform
+
+    w0 = rng.standard_normal(6).astype(np.float32)
+    grads = [rng.standard_normal(6).astype(np.float32) for _ in range(STEPS)]
+    tensor = torch.nn.Parameter(torch.tensor(w0))
+    optimizer = torch.optim.RMSprop([tensor], lr=0.01)
+    for g in grads:
+        tensor.grad = torch.tensor(g)
+        optimizer.step()
+    got = run_transform(presets.conventional("rmsprop", "torch", 0.01), {"w": w0}, [{"w": g} for g in grads])[-1]
+    assert tree_relative_error(got, {"w": tensor.detach().numpy()}) <= 1e-6
+
+
+def test_keras_convention_adam_uses_epsilon_hat_by_hand():
+    lr, b1, b2, eps = 0.1, 0.9, 0.999, 1e-3
+    tx = presets.conventional("adam", "keras", lr, epsilon=eps)
+    params = {"w": jnp.array([1.0, -1.0])}
+    state = tx.init(params)
+    w, m, v = np.array([1.0, -1.0]), 0.0, 0.0
+    for t, g in enumerate([np.array([0.01, -0.02]), np.array([0.03, 0.01]), np.array([-0.02, 0.02])], start=1):
+        updates, state = tx.update({"w": jnp.asarray(g, jnp.float32)}, state, params)
+        params = mpnn_opt.apply_updates(params, updates)
+        m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+        w = w - lr * np.sqrt(1 - b2**t) / (1 - b1**t) * m / (np.sqrt(v) + eps)  # Keras Adam's update
+        np.testing.assert_allclose(params["w"], w, rtol=1e-6)
+    bias_corrected = presets.conventional("adam", "optax", lr, epsilon=eps)
+    other, _ = bias_corrected.update({"w": jnp.array([0.01, -0.02])}, bias_corrected.init(params), params)
+    first, _ = tx.update({"w": jnp.array([0.01, -0.02])}, tx.init(params), params)
+    assert not np.allclose(other["w"], first["w"], rtol=1e-3)  # the two eps placements really differ
+
+
+def test_sgd_conventions_agree_at_a_constant_rate_and_part_when_it_changes():
+    grads = [1.0, 2.0, -1.0, 0.5]
+
+    def run(convention):
+        tx = inject_hyperparams(presets.conventional)(optimizer="sgd", convention=convention, learning_rate=0.1, momentum=0.9)
+        params = {"w": jnp.array([0.0])}
+        state, out = tx.init(params), []
+        for t, g in enumerate(grads):
+            if t == 2:
+                state = with_hyperparam(state, "learning_rate", 0.01)
+            updates, state = tx.update({"w": jnp.array([g])}, state, params)
+            params = mpnn_opt.apply_updates(params, updates)
+            out.append(float(params["w"][0]))
+        return out
+
+    keras, torch_like = run("keras"), run("torch")
+    v = b = w_inside = w_outside = 0.0
+    for t, g in enumerate(grads):
+        lr = 0.1 if t < 2 else 0.01
+        v = 0.9 * v - lr * g  # Keras/seed: lr inside the velocity
+        b = 0.9 * b + g  # torch/optax: lr outside
+        w_inside, w_outside = w_inside + v, w_outside - lr * b
+        assert keras[t] == pytest.approx(w_inside, rel=1e-6) and torch_like[t] == pytest.approx(w_outside, rel=1e-6)
+    assert keras[1] == pytest.approx(torch_like[1], rel=1e-6) and keras[3] != pytest.approx(torch_like[3], rel=1e-3)
+
+
+def test_unknown_convention_or_optimizer_is_named():
+    with pytest.raises(ValueError, match="'tf'"):
+        presets.conventional("adam", "tf", 0.1)
+    with pytest.raises(ValueError, match="'lamb'"):
+        presets.conventional("lamb", "torch", 0.1)
