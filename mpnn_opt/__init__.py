@@ -39,6 +39,7 @@ from mpnn_opt.packed import (
     unpack,
 )
 from mpnn_opt.presets import (
+    conventional,
     lion,
     nadam,
     torch_adagrad,
