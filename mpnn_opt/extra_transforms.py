@@ -14,8 +14,11 @@ import jax.numpy as jnp
 
 from mpnn_opt import _checks
 from mpnn_opt._numerics import bias_correction, safe_increment, zero_count
-from mpnn_opt._tree import check_float_leaves, check_same_structure, compute_dtype, tree_map, unzip, zeros_like_tree
-from mpnn_opt.base import EmptyState, GradientTransformation, Params
+from mpnn_opt._tree import tree_map, unzip
+from mpnn_opt.base import GradientTransformation, Params
+from mpnn_opt.regularization import add_regularization
+from mpnn_opt.transforms import _check_updates, _init_state_tree
+from mpnn_opt.transforms import _to_compute as _f
 
 __all__ = [
     "TraceState", "trace", "add_decayed_weights", "CenteredRmsState", "scale_by_centered_rms",
@@ -24,19 +27,13 @@ __all__ = [
 ]
 
 
-def _f(x: jax.Array) -> jax.Array:
-    return x.astype(compute_dtype(x.dtype))
-
-
 def _state_tree(params: Params, state_dtype: Any | None, fill: float = 0.0) -> Any:
-    check_float_leaves(params, "params")
-    zeros = zeros_like_tree(params, state_dtype)
+    zeros = _init_state_tree(params, state_dtype)
     return zeros if fill == 0.0 else tree_map(lambda z: jnp.full_like(z, fill), zeros)
 
 
 def _check(updates: Any, reference: Any, name: str) -> None:
-    check_float_leaves(updates, "updates")
-    check_same_structure(reference, updates, expected_name=f"the optimizer state ({name})", got_name="updates")
+    _check_updates(updates, reference, f"the optimizer state ({name})")
 
 
 class TraceState(NamedTuple):
@@ -69,21 +66,10 @@ def trace(decay: float, nesterov: bool = False, *, state_dtype: Any | None = Non
 
 
 def add_decayed_weights(weight_decay: float) -> GradientTransformation:
-    """``u = g + weight_decay * w`` on every leaf (optax ``add_decayed_weights``). Placed after the
-    optimizer's direction and before the learning rate, it is torch ``AdamW``'s ``w *= 1 - lr * wd``."""
-    _checks.non_negative("weight_decay", weight_decay)
-
-    def init_fn(params):
-        del params
-        return EmptyState()
-
-    def update_fn(updates, state, params=None):
-        if params is None:
-            raise ValueError("add_decayed_weights needs the current params: call update(updates, state, params)")
-        check_same_structure(params, updates, expected_name="params", got_name="updates")
-        return tree_map(lambda g, w: (_f(g) + weight_decay * _f(w)).astype(g.dtype), updates, params), state
-
-    return GradientTransformation(init_fn, update_fn)
+    """``u = g + weight_decay * w`` on every leaf (optax ``add_decayed_weights``): the coupled L2 penalty
+    with no name mask. Placed after the optimizer's direction and before the learning rate, it is torch
+    ``AdamW``'s ``w *= 1 - lr * wd``."""
+    return add_regularization("L2", weight_decay, mask=True)
 
 
 class CenteredRmsState(NamedTuple):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import jax
 import jax.numpy as jnp
 
 from mpnn_opt import _checks

@@ -72,3 +72,16 @@ def run_transform(tx, params0, grads_seq, apply=mpnn_opt.apply_updates) -> list:
         params, state = step(params, grads, state)
         history.append(jax.tree.map(np.asarray, params))
     return history
+
+
+def counting_step(tx):
+    """A jitted ``(params, state, grads) -> (params, state)`` step and the list its traces append to."""
+    traces = []
+
+    @jax.jit
+    def step(params, state, grads):
+        traces.append(1)
+        updates, state = tx.update(grads, state, params)
+        return mpnn_opt.apply_updates(params, updates), state
+
+    return step, traces

@@ -11,7 +11,7 @@ from mpneuralnetwork import optimizers as seed
 
 import mpnn_opt
 from mpnn_opt.hyperparams import InjectHyperparamsState, inject_hyperparams, read_value, with_hyperparam
-from oracles import SeedLayer, random_tree, tree_relative_error
+from oracles import SeedLayer, counting_step, random_tree, tree_relative_error
 
 SEED_CLASSES = {"sgd": seed.SGD, "rmsprop": seed.RMSprop, "adam": seed.Adam}
 
@@ -23,13 +23,7 @@ def test_learning_rate_changed_mid_run_matches_the_seed_without_retracing(name, 
     grads = [random_tree(rng) for _ in range(30)]
     oracle = SEED_CLASSES[name](learning_rate=0.01, regularization=regularization, weight_decay=0.01)
     tx = inject_hyperparams(getattr(mpnn_opt, name))(learning_rate=0.01, regularization=regularization, weight_decay=0.01)
-    traces = []
-
-    @jax.jit
-    def step(params, state, g):
-        traces.append(1)
-        updates, state = tx.update(g, state, params)
-        return mpnn_opt.apply_updates(params, updates), state
+    step, traces = counting_step(tx)
 
     params = jax.tree.map(jnp.asarray, params0)
     seed_params = jax.tree.map(np.copy, params0)

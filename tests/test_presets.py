@@ -12,7 +12,7 @@ import pytest
 import mpnn_opt
 from mpnn_opt import presets
 from mpnn_opt.hyperparams import inject_hyperparams, with_hyperparam
-from oracles import random_tree, tree_relative_error
+from oracles import counting_step, random_tree, tree_relative_error
 
 STEPS, SWITCH = 50, 25
 
@@ -30,13 +30,7 @@ STATIC = ("nesterov", "centered", "amsgrad", "momentum")
 
 def _ours_trajectory(factory, kwargs, params0, grads, lr0, lr1):
     tx = inject_hyperparams(factory, static_args=STATIC)(learning_rate=lr0, **kwargs)
-    traces = []
-
-    @jax.jit
-    def step(params, state, g):
-        traces.append(1)
-        updates, state = tx.update(g, state, params)
-        return mpnn_opt.apply_updates(params, updates), state
+    step, traces = counting_step(tx)
 
     params, history = jax.tree.map(jnp.asarray, params0), []
     state = tx.init(params)
