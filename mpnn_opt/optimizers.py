@@ -98,7 +98,7 @@ def _compiled_update(alias: Callable, regularization: str | None, slot_names: tu
         updates, new_state = transform.update(grads, _fill(transform.init(params), slots, count), params)
         return apply_updates(params, updates), _slots_of(new_state, slot_names)
 
-    return jax.jit(update, donate_argnums=(2, 3))
+    return jax.jit(update, donate_argnums=(2, 3), keep_unused=True)
 
 
 class Optimizer:

@@ -354,3 +354,16 @@ def test_legacy_example_trains_an_mpneuralnetwork_model_and_prints_each_epoch(ca
     assert accuracy > 0.9
     assert printed.count("[training]") == 8
     assert "checkpoint reloaded: t = " in printed
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam"])
+def test_step_donates_last_steps_params_and_state_so_outputs_reuse_their_memory(name, rng):
+    # a donated-but-unused argument is pruned by jit unless keep_unused=True; then its memory is not reused
+    optimizer = getattr(ours, name)()
+    params = {"weights": rng.standard_normal((4, 3)).astype(np.float32), "bias": np.zeros(3, np.float32)}
+    layers = [SeedLayer(params, {k: np.ones_like(v) for k, v in params.items()})]
+    optimizer.step(layers)
+    previous_params, previous_state = optimizer._last_params, optimizer._device[1]
+    optimizer.step(layers)
+    assert all(buffer.is_deleted() for buffer in previous_params.values())
+    assert all(buffer.is_deleted() for tree in previous_state.values() for buffer in tree.values())
