@@ -16,15 +16,17 @@ def path_str(path: tuple) -> str:
     return jax.tree_util.keystr(path) or "<root>"
 
 
-def leaf_name(path: tuple) -> str:
-    """The leaf's own name: the last key of its path, as a string."""
-    if not path:
-        return ""
-    key = path[-1]
+def key_name(key: Any) -> str:
+    """One path entry as plain text: a dict key, an attribute name or a sequence index."""
     for attribute in ("key", "name", "idx"):
         if hasattr(key, attribute):
             return str(getattr(key, attribute))
     return str(key)
+
+
+def leaf_name(path: tuple) -> str:
+    """The leaf's own name: the last key of its path, as a string."""
+    return key_name(path[-1]) if path else ""
 
 
 def leaves_with_paths(tree: Any) -> list[tuple[tuple, Any]]:

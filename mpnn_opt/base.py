@@ -30,6 +30,7 @@ __all__ = [
     "TransformUpdateFn",
     "GradientTransformation",
     "EmptyState",
+    "init_empty_state",
     "identity",
     "chain",
     "apply_updates",
@@ -64,18 +65,20 @@ class EmptyState(NamedTuple):
     """The state of a transform that keeps none."""
 
 
+def init_empty_state(params: Params) -> EmptyState:
+    """The ``init`` of every transform that keeps no state."""
+    del params
+    return EmptyState()
+
+
 def identity() -> GradientTransformation:
     """Passes updates through unchanged: ``u' = u``."""
-
-    def init_fn(params: Params) -> EmptyState:
-        del params
-        return EmptyState()
 
     def update_fn(updates, state, params=None):
         del params
         return updates, state
 
-    return GradientTransformation(init_fn, update_fn)
+    return GradientTransformation(init_empty_state, update_fn)
 
 
 def chain(*transforms: Any) -> GradientTransformation:

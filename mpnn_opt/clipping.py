@@ -11,22 +11,18 @@ import jax.numpy as jnp
 
 from mpnn_opt import _checks
 from mpnn_opt._tree import check_float_leaves, compute_dtype, tree_map
-from mpnn_opt.base import EmptyState, GradientTransformation, Params
+from mpnn_opt.base import GradientTransformation, init_empty_state
 
 __all__ = ["clip", "clip_by_leaf_norm", "clip_by_global_norm", "global_norm"]
 
 
 def _stateless(update) -> GradientTransformation:
-    def init_fn(params: Params) -> EmptyState:
-        del params
-        return EmptyState()
-
     def update_fn(updates, state, params=None):
         del params
         check_float_leaves(updates, "updates")
         return update(updates), state
 
-    return GradientTransformation(init_fn, update_fn)
+    return GradientTransformation(init_empty_state, update_fn)
 
 
 def _norm(x: jax.Array) -> jax.Array:

@@ -14,24 +14,17 @@ from __future__ import annotations
 import fnmatch
 from typing import Any, Callable, Mapping, NamedTuple
 
-import jax
 import jax.numpy as jnp
 
-from mpnn_opt._tree import broadcast_mask, leaves_with_paths, map_with_path, tree_map
-from mpnn_opt.base import EmptyState, GradientTransformation, OptState, Params
+from mpnn_opt._tree import broadcast_mask, key_name, leaves_with_paths, map_with_path, path_str, tree_map
+from mpnn_opt.base import GradientTransformation, OptState, Params, init_empty_state
 from mpnn_opt.regularization import Mask
 
 __all__ = ["MaskedState", "masked", "path_mask", "PartitionState", "partition", "freeze"]
 
 
 def _path_text(path: tuple) -> str:
-    parts = []
-    for key in path:
-        for attribute in ("key", "name", "idx"):
-            if hasattr(key, attribute):
-                parts.append(str(getattr(key, attribute)))
-                break
-    return "/".join(parts)
+    return "/".join(key_name(key) for key in path)
 
 
 def path_mask(*patterns: str) -> Callable[[Params], Any]:
@@ -45,7 +38,7 @@ def _static_flags(mask: Mask, params: Params, argument: str) -> Any:
     flags = broadcast_mask(mask, params, argument)
     for path, flag in leaves_with_paths(flags):
         if flag is not None and not isinstance(flag, bool):
-            raise TypeError(f"{argument} must give a Python bool per leaf; got {type(flag).__name__} at {jax.tree_util.keystr(path)}")
+            raise TypeError(f"{argument} must give a Python bool per leaf; got {type(flag).__name__} at {path_str(path)}")
     return flags
 
 
@@ -94,7 +87,7 @@ def partition(transforms: Mapping[Any, GradientTransformation], labels: Any) -> 
         tree = broadcast_mask(labels, params, "labels")
         for path, label in leaves_with_paths(tree):
             if label is not None and label not in transforms:
-                raise ValueError(f"labels at {jax.tree_util.keystr(path)} is {label!r}, which has no transform; known: {sorted(map(str, transforms))}")
+                raise ValueError(f"labels at {path_str(path)} is {label!r}, which has no transform; known: {sorted(map(str, transforms))}")
         return tree
 
     def init_fn(params: Params) -> PartitionState:
@@ -116,12 +109,8 @@ def partition(transforms: Mapping[Any, GradientTransformation], labels: Any) -> 
 def freeze(mask: Mask) -> GradientTransformation:
     """Zero updates on the leaves where ``mask`` is True (put it last in a chain to keep them fixed)."""
 
-    def init_fn(params: Params) -> EmptyState:
-        del params
-        return EmptyState()
-
     def update_fn(updates, state, params=None):
         flags = _static_flags(mask, updates if params is None else params, "mask")
         return tree_map(lambda u, flag: jnp.zeros_like(u) if flag else u, updates, flags), state
 
-    return GradientTransformation(init_fn, update_fn)
+    return GradientTransformation(init_empty_state, update_fn)

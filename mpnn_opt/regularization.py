@@ -24,7 +24,7 @@ from mpnn_opt._tree import (
     map_with_path,
     tree_map,
 )
-from mpnn_opt.base import EmptyState, GradientTransformation, Params, ScalarOrSchedule, identity
+from mpnn_opt.base import GradientTransformation, Params, ScalarOrSchedule, identity, init_empty_state
 
 __all__ = [
     "Mask",
@@ -82,10 +82,6 @@ def add_regularization(regularization: str | None, weight_decay: float, mask: Ma
         return identity()
     penalty_gradient = jnp.sign if regularization == "L1" else (lambda w: w)
 
-    def init_fn(params: Params) -> EmptyState:
-        del params
-        return EmptyState()
-
     def update_fn(updates, state, params=None):
         _require_params(params, "add_regularization")
         check_float_leaves(updates, "updates")
@@ -99,7 +95,7 @@ def add_regularization(regularization: str | None, weight_decay: float, mask: Ma
 
         return tree_map(add, updates, params, flags), state
 
-    return GradientTransformation(init_fn, update_fn)
+    return GradientTransformation(init_empty_state, update_fn)
 
 
 class DecoupledWeightDecayState(NamedTuple):
