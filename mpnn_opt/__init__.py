@@ -57,10 +57,12 @@ from mpnn_opt.regularization import (
 from mpnn_opt.sharding import per_device_nbytes, state_shardings
 from mpnn_opt.transforms import (
     MomentumVelocityState,
+    RmsStepState,
     ScaleByAdamState,
     ScaleByLearningRateState,
     ScaleByRmsState,
     momentum_velocity,
+    rms_step,
     scale_by_adam,
     scale_by_learning_rate,
     scale_by_rms,
@@ -95,6 +97,7 @@ __all__ = [
     "ScaleByAdamState",
     "ScaleByLearningRateState",
     "ScaleByRmsState",
+    "RmsStepState",
     "Schedule",
     "SkipNonFiniteState",
     "Updates",
@@ -133,6 +136,7 @@ __all__ = [
     "scale_by_adam",
     "scale_by_learning_rate",
     "scale_by_rms",
+    "rms_step",
     "schedules",
     "seed_name_mask",
     "sgd",

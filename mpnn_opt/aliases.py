@@ -13,7 +13,7 @@ from typing import Any
 from mpnn_opt import _checks
 from mpnn_opt.base import GradientTransformation, ScalarOrSchedule, chain
 from mpnn_opt.regularization import Mask, add_decoupled_weight_decay, add_regularization
-from mpnn_opt.transforms import momentum_velocity, scale_by_adam, scale_by_learning_rate, scale_by_rms
+from mpnn_opt.transforms import momentum_velocity, rms_step, scale_by_adam, scale_by_learning_rate
 
 __all__ = ["sgd", "rmsprop", "adam"]
 
@@ -56,17 +56,17 @@ def rmsprop(
     """RMSprop, the seed's ``RMSprop``.
 
     ``g' = g + reg(w)``, ``c = decay_rate * c + (1 - decay_rate) * g'^2``,
-    ``w = w - lr * g' / (sqrt(c) + eps)``.
+    ``w = w - (lr * g') / (sqrt(c) + eps)`` (:func:`rms_step`: the seed's order of operations).
 
     Defaults: lr 0.001, 'L2', weight_decay 0.001, decay_rate 0.9, epsilon 1e-8. With
     ``regularization=None`` this is optax ``rmsprop(lr, decay, eps, eps_in_sqrt=False)`` and torch
-    ``RMSprop(lr, alpha=decay_rate, eps)``; optax's default puts eps inside the root, and Keras's
-    default decay (rho) is 0.9 with eps 1e-7.
+    ``RMSprop(lr, alpha=decay_rate, eps)`` up to float rounding (they divide before scaling by lr);
+    optax's default puts eps inside the root, and Keras's default decay (rho) is 0.9 with eps 1e-7.
+    The state is ``(add_regularization's, RmsStepState(count, cache))``.
     """
     return chain(
         add_regularization(regularization, weight_decay, mask),
-        scale_by_rms(decay_rate, epsilon, state_dtype=state_dtype),
-        scale_by_learning_rate(learning_rate),
+        rms_step(learning_rate, decay_rate, epsilon, state_dtype=state_dtype),
     )
 
 

@@ -25,6 +25,8 @@ __all__ = [
     "momentum_velocity",
     "ScaleByRmsState",
     "scale_by_rms",
+    "RmsStepState",
+    "rms_step",
     "ScaleByAdamState",
     "scale_by_adam",
 ]
@@ -133,12 +135,60 @@ def scale_by_rms(
 
         def step(g, c):
             g32 = _to_compute(g)
-            c_new = decay_rate * _to_compute(c) + (1 - decay_rate) * jnp.square(g32)
-            denominator = jnp.sqrt(c_new + epsilon) if eps_in_sqrt else jnp.sqrt(c_new) + epsilon
-            return (g32 / denominator).astype(g.dtype), c_new.astype(c.dtype)
+            c_new = _rms_cache(g32, c, decay_rate)
+            return (g32 / _rms_denominator(c_new, epsilon, eps_in_sqrt)).astype(g.dtype), c_new.astype(c.dtype)
 
         new_updates, cache = unzip(updates, tree_map(step, updates, state.cache), 2)
         return new_updates, ScaleByRmsState(cache=cache)
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+def _rms_cache(g32: jax.Array, cache: jax.Array, decay_rate: Any) -> jax.Array:
+    return decay_rate * _to_compute(cache) + (1 - decay_rate) * jnp.square(g32)
+
+
+def _rms_denominator(cache: jax.Array, epsilon: Any, eps_in_sqrt: bool) -> jax.Array:
+    return jnp.sqrt(cache + epsilon) if eps_in_sqrt else jnp.sqrt(cache) + epsilon
+
+
+class RmsStepState(NamedTuple):
+    count: jax.Array | None  # int32 steps taken, for a learning-rate schedule; None for a constant rate
+    cache: Any  # running mean of g^2, mirrors params
+
+
+def rms_step(
+    learning_rate: ScalarOrSchedule, decay_rate: float = 0.9, epsilon: float = 1e-8, *, state_dtype: Any | None = None
+) -> GradientTransformation:
+    """RMSprop's whole step in the seed's form, with the learning rate in the numerator.
+
+    ``c_t = decay * c_{t-1} + (1 - decay) * g_t^2``, ``c_0 = 0``, ``u_t = -(lr_t * g_t) / (sqrt(c_t) + eps)``.
+
+    The same value as ``chain(scale_by_rms(decay_rate, epsilon), scale_by_learning_rate(lr))``
+    (optax ``rmsprop(eps_in_sqrt=False)``, torch ``RMSprop``), which divide first and scale after;
+    multiplying first is the seed's rounding (``lr * grad / denom``), and it lets XLA:CPU fuse a
+    coupled penalty ``g = grad + wd * w`` into both of the step's loops instead of writing ``g``
+    to memory in a third (2x faster with 'L2' on large leaves).
+    """
+    _checks.non_negative("learning_rate", learning_rate)
+    _checks.in_unit_interval("decay_rate", decay_rate)
+    _checks.positive("epsilon", epsilon)
+
+    def init_fn(params: Params) -> RmsStepState:
+        return RmsStepState(count=schedule_count(learning_rate), cache=_init_state_tree(params, state_dtype))
+
+    def update_fn(updates, state, params=None):
+        del params
+        _check_updates(updates, state.cache, "the optimizer state (cache)")
+        lr = value_at(learning_rate, state.count)
+
+        def step(g, c):
+            g32 = _to_compute(g)
+            c_new = _rms_cache(g32, c, decay_rate)
+            return (-(lr * g32) / _rms_denominator(c_new, epsilon, False)).astype(g.dtype), c_new.astype(c.dtype)
+
+        new_updates, cache = unzip(updates, tree_map(step, updates, state.cache), 2)
+        return new_updates, RmsStepState(count=advance(state.count), cache=cache)
 
     return GradientTransformation(init_fn, update_fn)
 

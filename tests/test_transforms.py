@@ -55,6 +55,43 @@ def test_scale_by_rms_puts_eps_outside_the_root():
     np.testing.assert_allclose(state.cache["w"], c, rtol=1e-6)
 
 
+def test_rms_step_multiplies_by_the_learning_rate_before_dividing():
+    outputs, state = _run(mpnn_opt.rms_step(0.1, 0.9, 1e-3))
+    c = np.zeros(3, np.float32)
+    for got, g in zip(outputs, GRADS):
+        c = np.float32(0.9) * c + np.float32(0.1) * g**2
+        np.testing.assert_allclose(got, -(np.float32(0.1) * g) / (np.sqrt(c) + np.float32(1e-3)), rtol=1e-6)
+    np.testing.assert_allclose(state.cache["w"], c, rtol=1e-6)
+    assert state.count is None  # a constant rate keeps no counter
+
+
+def test_rms_step_equals_scale_by_rms_then_the_learning_rate_and_reads_a_schedule():
+    schedule = lambda count: 0.1 / (count + 1)  # noqa: E731
+    fused, state = _run(mpnn_opt.rms_step(schedule, 0.8, 1e-2))
+    divide_first, _ = _run(mpnn_opt.chain(mpnn_opt.scale_by_rms(0.8, 1e-2), mpnn_opt.scale_by_learning_rate(schedule)))
+    for got, want in zip(fused, divide_first):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert int(state.count) == 3
+
+
+def _full_size_loops(tx, size=1 << 16):
+    """How many loops of the compiled ``params + update`` step write a params-sized buffer."""
+    params, grads = {"w": jnp.ones(size)}, {"w": jnp.full(size, 0.5)}
+
+    def step(params, grads, state):
+        updates, state = tx.update(grads, state, params)
+        return mpnn_opt.apply_updates(params, updates), state
+
+    text = jax.jit(step, donate_argnums=(0, 2)).lower(params, grads, tx.init(params)).compile().as_text()
+    entry = text[text.index("ENTRY") :].splitlines()
+    return sum(1 for line in entry if f"f32[{size}]" in line.split("=", 1)[-1].split("(", 1)[0] and "fusion(" in line)
+
+
+def test_rmsprop_with_a_coupled_penalty_compiles_to_as_many_loops_as_without():
+    # Dividing first made XLA:CPU write g + wd * w to memory in a loop of its own (3 loops, 2x the time).
+    assert _full_size_loops(mpnn_opt.rmsprop(regularization="L2")) == _full_size_loops(mpnn_opt.rmsprop(regularization=None)) == 2
+
+
 def test_scale_by_adam_bias_corrects_with_its_own_count():
     tx = mpnn_opt.chain(mpnn_opt.scale_by_learning_rate(1.0), mpnn_opt.scale_by_adam(0.8, 0.95, 1e-4))
     outputs, state = _run(tx)
