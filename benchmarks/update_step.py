@@ -217,7 +217,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="adam only, fewer steps: a smoke run of about a minute")
     parser.add_argument("--workloads", default="W1,W2,W3,W4", help="comma-separated subset, e.g. W3,W4")
+    parser.add_argument(
+        "--sync-dispatch", action="store_true",
+        help="run each step on the calling thread (jax_cpu_enable_async_dispatch=False): no thread hand-off per call",
+    )
     args = parser.parse_args()
+    if args.sync_dispatch:
+        jax.config.update("jax_cpu_enable_async_dispatch", False)
     optimizers = ("adam",) if args.quick else OPTIMIZERS
     wanted = args.workloads.split(",")
     print(f"jax {jax.__version__}, optax {optax.__version__}, torch {torch.__version__ if torch else 'absent'}, {jax.devices()[0].platform}")

@@ -5,6 +5,9 @@ from __future__ import annotations
 import contextlib
 import inspect
 import io
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -367,3 +370,18 @@ def test_step_donates_last_steps_params_and_state_so_outputs_reuse_their_memory(
     optimizer.step(layers)
     assert all(buffer.is_deleted() for buffer in previous_params.values())
     assert all(buffer.is_deleted() for tree in previous_state.values() for buffer in tree.values())
+
+
+# --- dispatch ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("environment, expected", [(None, "False"), ("1", "True")])
+def test_importing_the_adapter_turns_off_async_cpu_dispatch_unless_the_environment_chose(environment, expected):
+    # A fresh interpreter: in this one JAX's CPU backend is already running, so the flag no longer matters.
+    env = {key: value for key, value in os.environ.items() if key != "JAX_CPU_ENABLE_ASYNC_DISPATCH"}
+    if environment is not None:
+        env["JAX_CPU_ENABLE_ASYNC_DISPATCH"] = environment
+    code = "import jax, mpnn_opt.optimizers; print(jax.config.read('jax_cpu_enable_async_dispatch'))"
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == expected
