@@ -93,7 +93,7 @@ def _slots_of(state: Any, names: tuple[str, ...]) -> dict:
 def _compiled_update(
     alias: Callable, regularization: str | None, slot_names: tuple[str, ...], hyper_names: tuple[str, ...]
 ) -> Callable:
-    """One jitted ``(params, grads, slots, scratch, count, hyper) -> (new_params, new_slots)`` per alias and mode.
+    """One jitted ``(params, grads, slots, scratch, count, hyper) -> (new_slots, new_params)`` per alias and mode.
 
     ``params`` and ``grads`` are ``{'regularized': flat, 'unregularized': flat}`` trees, ``slots``
     maps each state name to such a tree, ``hyper`` is one vector of the ``hyper_names`` values (one
@@ -108,7 +108,9 @@ def _compiled_update(
         values = {name: hyper[index] for index, name in enumerate(hyper_names)}
         transform = alias(regularization=regularization, mask=_layer_tree.GROUP_MASK, **values)
         updates, new_state = transform.update(grads, _fill(transform.init(params), slots, count), params)
-        return apply_updates(params, updates), _slots_of(new_state, slot_names)
+        # outputs in the order of the donated inputs (slots, then scratch), so that each output takes its own
+        # input's buffer: jit pairs donations with outputs by position and shape (the other order cost Adam two copies)
+        return _slots_of(new_state, slot_names), apply_updates(params, updates)
 
     return jax.jit(update, donate_argnums=(2, 3), keep_unused=True)
 
@@ -178,7 +180,7 @@ class Optimizer:
         _layer_tree.stage(entries, layout, grads, "grad")
         update = _compiled_update(type(self)._alias, self.regularization, self._slot_names, self._hyperparameters)
         try:
-            new_params, new_slots = update(params, grads, slots, self._scratch(layout), count, self._hyper(layout.dtype))
+            new_slots, new_params = update(params, grads, slots, self._scratch(layout), count, self._hyper(layout.dtype))
             host = {group: np.asarray(flat) for group, flat in new_params.items()}
         except Exception as error:
             if any(flat.is_deleted() for flat in jax.tree.leaves(slots)):

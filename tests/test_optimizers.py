@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from mpneuralnetwork import optimizers as seed
@@ -359,7 +360,7 @@ def test_legacy_example_trains_an_mpneuralnetwork_model_and_prints_each_epoch(ca
     assert "checkpoint reloaded: t = " in printed
 
 
-@pytest.mark.parametrize("name", ["SGD", "Adam"])
+@pytest.mark.parametrize("name", CLASSES)
 def test_step_donates_last_steps_params_and_state_so_outputs_reuse_their_memory(name, rng):
     # a donated-but-unused argument is pruned by jit unless keep_unused=True; then its memory is not reused
     optimizer = getattr(ours, name)()
@@ -367,9 +368,14 @@ def test_step_donates_last_steps_params_and_state_so_outputs_reuse_their_memory(
     layers = [SeedLayer(params, {k: np.ones_like(v) for k, v in params.items()})]
     optimizer.step(layers)
     previous_params, previous_state = optimizer._last_params, optimizer._device[1]
+    addresses = jax.tree.map(lambda buffer: buffer.unsafe_buffer_pointer(), (previous_params, previous_state))
     optimizer.step(layers)
     assert all(buffer.is_deleted() for buffer in previous_params.values())
     assert all(buffer.is_deleted() for tree in previous_state.values() for buffer in tree.values())
+    # each output lands in its own donated input (new momentums where the old momentums were, ...):
+    # paired otherwise, XLA must copy buffers around to avoid overwriting what it still reads
+    now = jax.tree.map(lambda buffer: buffer.unsafe_buffer_pointer(), (optimizer._last_params, optimizer._device[1]))
+    assert now == addresses
 
 
 # --- dispatch ---------------------------------------------------------------------------------------
