@@ -1,6 +1,6 @@
 """mpnn_opt: the optimizers of mpneuralnetwork as pure, jit-compiled JAX gradient transformations."""
 
-from mpnn_opt import extra_transforms, optimizers, presets, schedules
+from mpnn_opt import extra_transforms, presets, schedules
 from mpnn_opt.accumulation import AccumulateState, accumulate
 from mpnn_opt.aliases import adam, rmsprop, sgd
 from mpnn_opt.base import (
@@ -15,6 +15,7 @@ from mpnn_opt.base import (
     chain,
     identity,
 )
+from mpnn_opt.compiler_options import PARALLEL_LOOP_MIN_ELEMENTS, cpu_compiler_options
 from mpnn_opt.clipping import clip, clip_by_global_norm, clip_by_leaf_norm, global_norm
 from mpnn_opt.hyperparams import (
     InjectHyperparamsState,
@@ -79,6 +80,8 @@ from mpnn_opt.wrappers import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "PARALLEL_LOOP_MIN_ELEMENTS",
+    "cpu_compiler_options",
     "AccumulateState",
     "DecoupledWeightDecayState",
     "EmptyState",
@@ -122,7 +125,6 @@ __all__ = [
     "masked",
     "momentum_velocity",
     "nadam",
-    "optimizers",
     "pack",
     "params_ema_init",
     "params_ema_update",
@@ -149,3 +151,13 @@ __all__ = [
     "unpack",
     "with_hyperparam",
 ]
+
+
+def __getattr__(name: str):
+    # mpnn_opt.optimizers (the class adapter for mpneuralnetwork users) is imported on first use, not
+    # with the package: importing it turns off JAX's asynchronous CPU dispatch, which JAX users keep.
+    if name == "optimizers":
+        import importlib
+
+        return importlib.import_module("mpnn_opt.optimizers")
+    raise AttributeError(f"module 'mpnn_opt' has no attribute {name!r}")

@@ -50,6 +50,7 @@ import numpy as np
 from mpnn_opt import _checks, _layer_tree
 from mpnn_opt.aliases import adam, rmsprop, sgd
 from mpnn_opt.base import apply_updates
+from mpnn_opt.compiler_options import cpu_compiler_options
 from mpnn_opt.regularization import add_regularization, is_regularized_name
 
 __all__ = ["Optimizer", "SGD", "RMSprop", "Adam"]
@@ -91,7 +92,11 @@ def _slots_of(state: Any, names: tuple[str, ...]) -> dict:
 
 @functools.lru_cache(maxsize=None)
 def _compiled_update(
-    alias: Callable, regularization: str | None, slot_names: tuple[str, ...], hyper_names: tuple[str, ...]
+    alias: Callable,
+    regularization: str | None,
+    slot_names: tuple[str, ...],
+    hyper_names: tuple[str, ...],
+    compiler_options: tuple[tuple[str, str], ...],
 ) -> Callable:
     """One jitted ``(params, grads, slots, scratch, count, hyper) -> (new_slots, new_params)`` per alias and mode.
 
@@ -100,6 +105,8 @@ def _compiled_update(
     argument to transfer instead of one per value). The alias is built inside the traced function
     from the traced values, so new hyperparameter values reuse the compiled code. ``slots`` and
     ``scratch`` (last step's new params, already copied out) are donated: the outputs reuse their memory.
+    ``compiler_options`` (:func:`mpnn_opt.cpu_compiler_options` of the buffers) keep XLA:CPU from
+    splitting a small model's loops across threads.
     """
 
     def update(params, grads, slots, scratch, count, hyper):
@@ -112,7 +119,7 @@ def _compiled_update(
         # input's buffer: jit pairs donations with outputs by position and shape (the other order cost Adam two copies)
         return _slots_of(new_state, slot_names), apply_updates(params, updates)
 
-    return jax.jit(update, donate_argnums=(2, 3), keep_unused=True)
+    return jax.jit(update, donate_argnums=(2, 3), keep_unused=True, compiler_options=dict(compiler_options))
 
 
 class Optimizer:
@@ -134,7 +141,7 @@ class Optimizer:
         self._slots: dict[str, dict[int, Any]] = {name: {} for name in self._slot_names}
         self._validated: tuple | None = None
         self._device: tuple | None = None  # ((layout, param ids), {slot name: flat jax array})
-        self._host: tuple | None = None  # ((dtype, group sizes), params buffers, grads buffers)
+        self._host: tuple | None = None  # ((dtype, group sizes), params buffers, grads buffers, compiler options)
         self._last_params: dict | None = None  # last step's new params on device, donated next step
         self._validate()
 
@@ -175,10 +182,10 @@ class Optimizer:
     def _compute(self, entries: list, layout: _layer_tree.Layout, count: int) -> dict[str, np.ndarray]:
         """Runs the compiled update; returns the new parameters as flat host arrays. Changes no layer."""
         slots = self._device_slots(entries, layout)
-        params, grads = self._staging(layout)
+        params, grads, options = self._staging(layout)
         _layer_tree.stage(entries, layout, params, "param")
         _layer_tree.stage(entries, layout, grads, "grad")
-        update = _compiled_update(type(self)._alias, self.regularization, self._slot_names, self._hyperparameters)
+        update = _compiled_update(type(self)._alias, self.regularization, self._slot_names, self._hyperparameters, options)
         try:
             new_slots, new_params = update(params, grads, slots, self._scratch(layout), count, self._hyper(layout.dtype))
             host = {group: np.asarray(flat) for group, flat in new_params.items()}
@@ -197,12 +204,12 @@ class Optimizer:
             scratch = {group: jnp.zeros(size, layout.dtype) for group, size in layout.sizes.items()}
         return scratch
 
-    def _staging(self, layout: _layer_tree.Layout) -> tuple[dict, dict]:
-        """Aligned host buffers for ``layout``'s params and grads, kept from step to step."""
+    def _staging(self, layout: _layer_tree.Layout) -> tuple[dict, dict, tuple]:
+        """Aligned host buffers for ``layout``'s params and grads, kept from step to step, and the compiler options for them."""
         if self._host is None or self._host[0] != (layout.dtype, layout.sizes):
-            buffers = [{group: _layer_tree.aligned_empty(size, layout.dtype) for group, size in layout.sizes.items()} for _ in range(2)]
-            self._host = ((layout.dtype, layout.sizes), *buffers)
-        return self._host[1], self._host[2]
+            params, grads = ({group: _layer_tree.aligned_empty(size, layout.dtype) for group, size in layout.sizes.items()} for _ in range(2))
+            self._host = ((layout.dtype, layout.sizes), params, grads, tuple(sorted(cpu_compiler_options(params).items())))
+        return self._host[1:]
 
     def _device_slots(self, entries: list, layout: _layer_tree.Layout) -> dict[str, dict[str, jax.Array]]:
         """The state as flat device buffers in ``layout``'s order: last step's, or rebuilt from ``params``."""

@@ -381,13 +381,30 @@ def test_step_donates_last_steps_params_and_state_so_outputs_reuse_their_memory(
 # --- dispatch ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("environment, expected", [(None, "False"), ("1", "True")])
-def test_importing_the_adapter_turns_off_async_cpu_dispatch_unless_the_environment_chose(environment, expected):
+@pytest.mark.parametrize(
+    "module, environment, expected",
+    [("mpnn_opt.optimizers", None, "False"), ("mpnn_opt.optimizers", "1", "True"), ("mpnn_opt", None, "True")],
+)
+def test_importing_the_adapter_turns_off_async_cpu_dispatch_unless_the_environment_chose(module, environment, expected):
     # A fresh interpreter: in this one JAX's CPU backend is already running, so the flag no longer matters.
+    # The package alone leaves JAX's default alone: the adapter module is imported on first use.
     env = {key: value for key, value in os.environ.items() if key != "JAX_CPU_ENABLE_ASYNC_DISPATCH"}
     if environment is not None:
         env["JAX_CPU_ENABLE_ASYNC_DISPATCH"] = environment
-    code = "import jax, mpnn_opt.optimizers; print(jax.config.read('jax_cpu_enable_async_dispatch'))"
+    code = f"import jax, {module}; print(jax.config.read('jax_cpu_enable_async_dispatch'))"
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == expected
+
+
+def test_step_on_a_small_model_compiles_without_thread_splitting(rng):
+    # mpnn_opt.cpu_compiler_options of the packed buffers: XLA:CPU would split these 100k-float loops over threads
+    optimizer = ours.Adam()
+    params = {"weights": rng.standard_normal((316, 316)).astype(np.float32), "bias": np.zeros(316, np.float32)}
+    layers = [SeedLayer(params, {k: np.ones_like(v) for k, v in params.items()})]
+    optimizer.step(layers)
+    (_, sizes), host_params, host_grads, options = optimizer._host
+    assert dict(options) == {"xla_disable_hlo_passes": "cpu-parallel-task-assigner"}
+    update = ours._compiled_update(ours.Adam._alias, "L2", ours.Adam._slot_names, ours.Adam._hyperparameters, options)
+    text = update.lower(host_params, host_grads, *optimizer._device[1:], optimizer._last_params, 1, optimizer._hyper("float32")).compile().as_text()
+    assert "outer_dimension_partitions" not in text
