@@ -18,6 +18,10 @@ Variants: ``ours`` is the per-leaf alias with ``regularization=None`` (optax's m
 seed's name mask; ``packed`` is ``ours`` on params and grads packed into one buffer (``pack(tree, mask=False)``:
 without regularization the groups do not matter); ``packed L2`` is ``ours L2`` on the default
 packing (two buffers: regularized and not). torch uses ``fused=True`` where it has it on CPU, else ``foreach=True``.
+On W3 and W4, where every leaf (and every packed buffer) is under 2^20 elements, each JAX variant also
+runs jitted with ``compiler_options=mpnn_opt.cpu_compiler_options(params)`` (rows ``..., no split``):
+XLA:CPU then keeps each loop on one thread instead of splitting it across the cores. Ratios stay
+relative to optax with XLA's default options.
 """
 
 from __future__ import annotations
@@ -88,7 +92,10 @@ def _timed(run_step: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
-def interleaved_medians(runners: dict[str, Callable[[], Any]], steps: int, rounds: int = 5) -> dict[str, float]:
+_SETTLE_STEPS = 5
+
+
+def interleaved_medians(runners: dict[str, Callable[[], Any]], steps: int, rounds: int = 10) -> dict[str, float]:
     """Median seconds per step of each runner, run in turn, ``steps // rounds`` steps per turn.
 
     The machine is shared, so load comes and goes; taking turns spreads it over all the variants
@@ -100,11 +107,14 @@ def interleaved_medians(runners: dict[str, Callable[[], Any]], steps: int, round
             run_step()
     for _ in range(rounds):
         for name, run_step in runners.items():
+            getattr(run_step, "relocate", lambda: None)()
+            for _ in range(_SETTLE_STEPS):  # untimed: let the previous runner's threads go idle first
+                run_step()
             times[name] += [_timed(run_step) for _ in range(max(1, steps // rounds))]
     return {name: statistics.median(samples) for name, samples in times.items()}
 
 
-def jax_runner(tx, apply_updates, params, grads) -> tuple[Callable[[], Any], float]:
+def jax_runner(tx, apply_updates, params, grads, compiler_options=None) -> tuple[Callable[[], Any], float]:
     """(one-step callable, compile seconds) for a jitted update step with params and state donated."""
 
     def step(params, grads, state):
@@ -113,7 +123,7 @@ def jax_runner(tx, apply_updates, params, grads) -> tuple[Callable[[], Any], flo
 
     state = tx.init(params)
     start = time.perf_counter()
-    compiled = jax.jit(step, donate_argnums=(0, 2)).lower(params, grads, state).compile()
+    compiled = jax.jit(step, donate_argnums=(0, 2), compiler_options=compiler_options).lower(params, grads, state).compile()
     compile_seconds = time.perf_counter() - start
     box = [params, state]
 
@@ -121,6 +131,13 @@ def jax_runner(tx, apply_updates, params, grads) -> tuple[Callable[[], Any], flo
         box[0], box[1] = compiled(box[0], grads, box[1])
         jax.block_until_ready(box)
 
+    def relocate():
+        # fresh buffers for params and state each round: on small workloads where the buffers happen
+        # to sit (cache sets, page offsets) moves a step's time by 20-30%; rounds average over it
+        box[:] = jax.tree.map(jnp.copy, box)
+        jax.block_until_ready(box)
+
+    run_step.relocate = relocate
     return run_step, compile_seconds
 
 
@@ -161,15 +178,16 @@ def copy_bandwidth(steps: int) -> float:
     return 3 * 4 * n / interleaved_medians({"axpy": run_step}, steps)["axpy"]
 
 
-def _steps_for(n_params: int, quick: bool) -> int:
-    steps = 20 if n_params > 1_000_000 else 100
+def _steps_for(n_params: int, n_leaves: int, quick: bool) -> int:
+    """Steps per variant: about a second of work each, so that a 100 us step is not timed on 10 ms of samples."""
+    steps = 20 if n_params > 1_000_000 else 100 if n_leaves > 100 else 2000
     return steps // 4 if quick else steps
 
 
 def bench_workload(label: str, shapes: dict, optimizers: tuple[str, ...], quick: bool) -> list[dict]:
     params, grads = _random_tree(shapes, 0), _random_tree(shapes, 1)
     n_params = sum(int(np.prod(s)) for layer in shapes.values() for s in layer.values())
-    steps = _steps_for(n_params, quick)
+    steps = _steps_for(n_params, sum(len(layer) for layer in shapes.values()), quick)
     rows = []
     for name in optimizers:
         variants = {
@@ -181,9 +199,13 @@ def bench_workload(label: str, shapes: dict, optimizers: tuple[str, ...], quick:
             "packed L2": (_ours(name, "L2"), mpnn_opt.apply_updates, pack(params), pack(grads)),
         }
         runners, compile_seconds = {}, {}
+        options = mpnn_opt.cpu_compiler_options(params)  # {} on W1 / W2: their loops are worth splitting
         for variant, (tx, apply, p, g) in variants.items():
             # donation consumes the params: give each variant its own copy
             runners[variant], compile_seconds[variant] = jax_runner(tx, apply, jax.tree.map(jnp.copy, p), g)
+            if options:
+                unsplit = f"{variant}, no split"
+                runners[unsplit], compile_seconds[unsplit] = jax_runner(tx, apply, jax.tree.map(jnp.copy, p), g, options)
         torch_labelled = torch_runner(name, shapes)
         if torch_labelled is not None:
             label_torch, runners[label_torch] = torch_labelled
