@@ -1,6 +1,6 @@
 """One optimizer update step: mpnn_opt against optax and torch, in one process.
 
-Run: ``python benchmarks/update_step.py`` (about 4 minutes on 2 CPU cores), or ``--quick``.
+Run: ``python benchmarks/update_step.py`` (about 6 minutes on 2 CPU cores), or ``--quick``.
 
 Each row times one update step, params, grads, state -> new params, new state: jitted with the
 params and state donated, ``block_until_ready``, after warm-up, the median over many steps.

@@ -48,11 +48,13 @@ def loss_fn(params: dict, x: jax.Array, y: jax.Array) -> jax.Array:
 def train(params, tx: mpnn_opt.GradientTransformation, x: jax.Array, y: jax.Array, read=lambda p: p) -> tuple[object, list[float]]:
     """Full-batch training; ``read`` turns what the step holds into the model's tree (``unpack`` when packed)."""
 
-    @jax.jit
     def step(params, state):
         loss, grads = jax.value_and_grad(lambda p: loss_fn(read(p), x, y))(params)
         updates, state = tx.update(grads, state, params)
         return mpnn_opt.apply_updates(params, updates), state, loss
+
+    # a small model on CPU: keep each loop on one thread (no effect on the numbers, nor on big models or GPUs)
+    step = jax.jit(step, donate_argnums=(0, 1), compiler_options=mpnn_opt.cpu_compiler_options(params))
 
     state = tx.init(params)
     losses = []
