@@ -80,6 +80,8 @@ class Layout(NamedTuple):
 
     dtype: str
     leaves: tuple[tuple[str, str, tuple[int, ...]], ...]  # (layer_key, name, shape), in entry order
+    spans: tuple[tuple[str, int, int], ...]  # (group, start, stop) of each leaf: follows from the leaves
+    sizes: dict[str, int]  # the length of each group buffer: follows from the leaves
 
     @staticmethod
     def of(entries: list[Entry]) -> "Layout":
@@ -90,17 +92,8 @@ class Layout(NamedTuple):
                 f"{first.where} has dtype {first.param.dtype}, but {entries[0].where} has {entries[0].param.dtype}; "
                 f"the optimizer needs every parameter in one dtype"
             )
-        return Layout(str(entries[0].param.dtype), tuple((e.layer_key, e.name, e.param.shape) for e in entries))
-
-    @property
-    def spans(self) -> tuple[tuple[str, int, int], ...]:
-        """``(group, start, stop)`` of each leaf."""
-        return _spans(tuple((name, shape) for _, name, shape in self.leaves))[0]
-
-    @property
-    def sizes(self) -> dict[str, int]:
-        """The length of each group buffer."""
-        return _spans(tuple((name, shape) for _, name, shape in self.leaves))[1]
+        spans, sizes = _spans(tuple((e.name, e.param.shape) for e in entries))
+        return Layout(str(entries[0].param.dtype), tuple((e.layer_key, e.name, e.param.shape) for e in entries), spans, sizes)
 
 
 @functools.lru_cache(maxsize=64)
