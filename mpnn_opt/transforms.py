@@ -92,20 +92,29 @@ def momentum_velocity(
     _checks.non_negative("learning_rate", learning_rate)
     _checks.in_unit_interval("momentum", momentum)
 
-    def init_fn(params: Params) -> MomentumVelocityState:
-        return MomentumVelocityState(count=schedule_count(learning_rate), velocities=_init_state_tree(params, state_dtype))
+    def step(lr, g, v):
+        v_new = momentum * _to_compute(v) - lr * _to_compute(g)
+        return v_new.astype(g.dtype), v_new.astype(v.dtype)
+
+    return _one_buffer_with_learning_rate(learning_rate, MomentumVelocityState, "velocities", step, state_dtype)
+
+
+def _one_buffer_with_learning_rate(learning_rate, state_type, buffer_name: str, step, state_dtype) -> GradientTransformation:
+    """A block with one buffer per parameter whose ``step(lr, g, buffer) -> (u, new buffer)`` reads the learning rate.
+
+    ``state_type(count, <buffer_name>)``: the count is kept only for a schedule (:func:`schedule_count`).
+    """
+
+    def init_fn(params: Params):
+        return state_type(count=schedule_count(learning_rate), **{buffer_name: _init_state_tree(params, state_dtype)})
 
     def update_fn(updates, state, params=None):
         del params
-        _check_updates(updates, state.velocities, "the optimizer state (velocities)")
+        buffer = getattr(state, buffer_name)
+        _check_updates(updates, buffer, f"the optimizer state ({buffer_name})")
         lr = value_at(learning_rate, state.count)
-
-        def step(g, v):
-            v_new = momentum * _to_compute(v) - lr * _to_compute(g)
-            return v_new.astype(g.dtype), v_new.astype(v.dtype)
-
-        new_updates, velocities = unzip(updates, tree_map(step, updates, state.velocities), 2)
-        return new_updates, MomentumVelocityState(count=advance(state.count), velocities=velocities)
+        new_updates, new_buffer = unzip(updates, tree_map(lambda g, b: step(lr, g, b), updates, buffer), 2)
+        return new_updates, state_type(count=advance(state.count), **{buffer_name: new_buffer})
 
     return GradientTransformation(init_fn, update_fn)
 
@@ -174,23 +183,12 @@ def rms_step(
     _checks.in_unit_interval("decay_rate", decay_rate)
     _checks.positive("epsilon", epsilon)
 
-    def init_fn(params: Params) -> RmsStepState:
-        return RmsStepState(count=schedule_count(learning_rate), cache=_init_state_tree(params, state_dtype))
+    def step(lr, g, c):
+        g32 = _to_compute(g)
+        c_new = _rms_cache(g32, c, decay_rate)
+        return (-(lr * g32) / _rms_denominator(c_new, epsilon, False)).astype(g.dtype), c_new.astype(c.dtype)
 
-    def update_fn(updates, state, params=None):
-        del params
-        _check_updates(updates, state.cache, "the optimizer state (cache)")
-        lr = value_at(learning_rate, state.count)
-
-        def step(g, c):
-            g32 = _to_compute(g)
-            c_new = _rms_cache(g32, c, decay_rate)
-            return (-(lr * g32) / _rms_denominator(c_new, epsilon, False)).astype(g.dtype), c_new.astype(c.dtype)
-
-        new_updates, cache = unzip(updates, tree_map(step, updates, state.cache), 2)
-        return new_updates, RmsStepState(count=advance(state.count), cache=cache)
-
-    return GradientTransformation(init_fn, update_fn)
+    return _one_buffer_with_learning_rate(learning_rate, RmsStepState, "cache", step, state_dtype)
 
 
 class ScaleByAdamState(NamedTuple):
