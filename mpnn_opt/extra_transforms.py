@@ -17,7 +17,7 @@ from mpnn_opt._numerics import bias_correction, safe_increment, zero_count
 from mpnn_opt._tree import tree_map, unzip
 from mpnn_opt.base import GradientTransformation, Params
 from mpnn_opt.regularization import add_regularization
-from mpnn_opt.transforms import _check_updates, _init_state_tree
+from mpnn_opt.transforms import _check_updates, _init_state_tree, _one_buffer_block
 from mpnn_opt.transforms import _to_compute as _f
 
 __all__ = [
@@ -47,22 +47,12 @@ def trace(decay: float, nesterov: bool = False, *, state_dtype: Any | None = Non
     """
     _checks.in_unit_interval("decay", decay)
 
-    def init_fn(params):
-        return TraceState(_state_tree(params, state_dtype))
+    def step(g, b, _):
+        b_new = decay * _f(b) + _f(g)
+        out = _f(g) + decay * b_new if nesterov else b_new
+        return out.astype(g.dtype), b_new.astype(b.dtype)
 
-    def update_fn(updates, state, params=None):
-        del params
-        _check(updates, state.trace, "trace")
-
-        def step(g, b):
-            b_new = decay * _f(b) + _f(g)
-            out = _f(g) + decay * b_new if nesterov else b_new
-            return out.astype(g.dtype), b_new.astype(b.dtype)
-
-        new_updates, buffers = unzip(updates, tree_map(step, updates, state.trace), 2)
-        return new_updates, TraceState(buffers)
-
-    return GradientTransformation(init_fn, update_fn)
+    return _one_buffer_block(TraceState, "trace", lambda params: _state_tree(params, state_dtype), step)
 
 
 def add_decayed_weights(weight_decay: float) -> GradientTransformation:
@@ -189,21 +179,11 @@ def scale_by_rss(initial_accumulator_value: float = 0.0, epsilon: float = 1e-10,
     _checks.non_negative("initial_accumulator_value", initial_accumulator_value)
     _checks.positive("epsilon", epsilon)
 
-    def init_fn(params):
-        return RssState(_state_tree(params, state_dtype, initial_accumulator_value))
+    def step(g, s, _):
+        s_new = _f(s) + _f(g) * _f(g)
+        return (_f(g) / (jnp.sqrt(s_new) + epsilon)).astype(g.dtype), s_new.astype(s.dtype)
 
-    def update_fn(updates, state, params=None):
-        del params
-        _check(updates, state.sum_of_squares, "sum_of_squares")
-
-        def step(g, s):
-            s_new = _f(s) + _f(g) * _f(g)
-            return (_f(g) / (jnp.sqrt(s_new) + epsilon)).astype(g.dtype), s_new.astype(s.dtype)
-
-        new_updates, sums = unzip(updates, tree_map(step, updates, state.sum_of_squares), 2)
-        return new_updates, RssState(sums)
-
-    return GradientTransformation(init_fn, update_fn)
+    return _one_buffer_block(RssState, "sum_of_squares", lambda params: _state_tree(params, state_dtype, initial_accumulator_value), step)
 
 
 class LionState(NamedTuple):
@@ -216,18 +196,8 @@ def scale_by_lion(beta1: float = 0.9, beta2: float = 0.99, *, state_dtype: Any |
     _checks.in_unit_interval("beta1", beta1)
     _checks.in_unit_interval("beta2", beta2)
 
-    def init_fn(params):
-        return LionState(_state_tree(params, state_dtype))
+    def step(g, m, _):
+        out = jnp.sign(beta1 * _f(m) + (1 - beta1) * _f(g))
+        return out.astype(g.dtype), (beta2 * _f(m) + (1 - beta2) * _f(g)).astype(m.dtype)
 
-    def update_fn(updates, state, params=None):
-        del params
-        _check(updates, state.momentums, "momentums")
-
-        def step(g, m):
-            out = jnp.sign(beta1 * _f(m) + (1 - beta1) * _f(g))
-            return out.astype(g.dtype), (beta2 * _f(m) + (1 - beta2) * _f(g)).astype(m.dtype)
-
-        new_updates, m = unzip(updates, tree_map(step, updates, state.momentums), 2)
-        return new_updates, LionState(m)
-
-    return GradientTransformation(init_fn, update_fn)
+    return _one_buffer_block(LionState, "momentums", lambda params: _state_tree(params, state_dtype), step)

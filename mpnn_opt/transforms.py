@@ -92,29 +92,38 @@ def momentum_velocity(
     _checks.non_negative("learning_rate", learning_rate)
     _checks.in_unit_interval("momentum", momentum)
 
-    def step(lr, g, v):
+    def step(g, v, lr):
         v_new = momentum * _to_compute(v) - lr * _to_compute(g)
         return v_new.astype(g.dtype), v_new.astype(v.dtype)
 
-    return _one_buffer_with_learning_rate(learning_rate, MomentumVelocityState, "velocities", step, state_dtype)
+    return _one_buffer_block(MomentumVelocityState, "velocities", lambda params: _init_state_tree(params, state_dtype), step, learning_rate)
 
 
-def _one_buffer_with_learning_rate(learning_rate, state_type, buffer_name: str, step, state_dtype) -> GradientTransformation:
-    """A block with one buffer per parameter whose ``step(lr, g, buffer) -> (u, new buffer)`` reads the learning rate.
+def _one_buffer_block(state_type, buffer_name: str, init_buffer, step, learning_rate: ScalarOrSchedule | None = None) -> GradientTransformation:
+    """A block with one buffer per parameter: ``step(g, buffer, lr) -> (u, new buffer)`` on each leaf.
 
-    ``state_type(count, <buffer_name>)``: the count is kept only for a schedule (:func:`schedule_count`).
+    The state is ``state_type(<buffer_name>=init_buffer(params))``. With a ``learning_rate`` the state
+    also has a ``count`` (kept only for a schedule, see :func:`schedule_count`) and ``lr`` is the
+    rate at this step; without one, ``lr`` is None.
     """
+    has_count = learning_rate is not None
 
     def init_fn(params: Params):
-        return state_type(count=schedule_count(learning_rate), **{buffer_name: _init_state_tree(params, state_dtype)})
+        fields = {buffer_name: init_buffer(params)}
+        if has_count:
+            fields["count"] = schedule_count(learning_rate)
+        return state_type(**fields)
 
     def update_fn(updates, state, params=None):
         del params
         buffer = getattr(state, buffer_name)
         _check_updates(updates, buffer, f"the optimizer state ({buffer_name})")
-        lr = value_at(learning_rate, state.count)
-        new_updates, new_buffer = unzip(updates, tree_map(lambda g, b: step(lr, g, b), updates, buffer), 2)
-        return new_updates, state_type(count=advance(state.count), **{buffer_name: new_buffer})
+        lr = value_at(learning_rate, state.count) if has_count else None
+        new_updates, new_buffer = unzip(updates, tree_map(lambda g, b: step(g, b, lr), updates, buffer), 2)
+        fields = {buffer_name: new_buffer}
+        if has_count:
+            fields["count"] = advance(state.count)
+        return new_updates, state_type(**fields)
 
     return GradientTransformation(init_fn, update_fn)
 
@@ -135,22 +144,12 @@ def scale_by_rms(
     _checks.in_unit_interval("decay_rate", decay_rate)
     _checks.positive("epsilon", epsilon)
 
-    def init_fn(params: Params) -> ScaleByRmsState:
-        return ScaleByRmsState(cache=_init_state_tree(params, state_dtype))
+    def step(g, c, _):
+        g32 = _to_compute(g)
+        c_new = _rms_cache(g32, c, decay_rate)
+        return (g32 / _rms_denominator(c_new, epsilon, eps_in_sqrt)).astype(g.dtype), c_new.astype(c.dtype)
 
-    def update_fn(updates, state, params=None):
-        del params
-        _check_updates(updates, state.cache, "the optimizer state (cache)")
-
-        def step(g, c):
-            g32 = _to_compute(g)
-            c_new = _rms_cache(g32, c, decay_rate)
-            return (g32 / _rms_denominator(c_new, epsilon, eps_in_sqrt)).astype(g.dtype), c_new.astype(c.dtype)
-
-        new_updates, cache = unzip(updates, tree_map(step, updates, state.cache), 2)
-        return new_updates, ScaleByRmsState(cache=cache)
-
-    return GradientTransformation(init_fn, update_fn)
+    return _one_buffer_block(ScaleByRmsState, "cache", lambda params: _init_state_tree(params, state_dtype), step)
 
 
 def _rms_cache(g32: jax.Array, cache: jax.Array, decay_rate: Any) -> jax.Array:
@@ -183,12 +182,12 @@ def rms_step(
     _checks.in_unit_interval("decay_rate", decay_rate)
     _checks.positive("epsilon", epsilon)
 
-    def step(lr, g, c):
+    def step(g, c, lr):
         g32 = _to_compute(g)
         c_new = _rms_cache(g32, c, decay_rate)
         return (-(lr * g32) / _rms_denominator(c_new, epsilon, False)).astype(g.dtype), c_new.astype(c.dtype)
 
-    return _one_buffer_with_learning_rate(learning_rate, RmsStepState, "cache", step, state_dtype)
+    return _one_buffer_block(RmsStepState, "cache", lambda params: _init_state_tree(params, state_dtype), step, learning_rate)
 
 
 class ScaleByAdamState(NamedTuple):
