@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from mpnn_opt import _checks
 from mpnn_opt._numerics import zero_count
 from mpnn_opt._tree import check_same_structure, tree_map, zeros_like_tree
 from mpnn_opt.base import GradientTransformation, OptState, Params
@@ -28,8 +29,7 @@ def accumulate(inner: GradientTransformation, every_k: int) -> GradientTransform
     them every micro-step). On micro-step ``k`` the updates are ``inner(mean of the k gradients)``.
     The extra memory is one params-sized sum. Equals optax ``MultiSteps(inner, k)`` in its numbers.
     """
-    if not isinstance(every_k, int) or every_k < 1:
-        raise ValueError(f"every_k must be a positive int, got {every_k!r}")
+    _checks.integer("every_k", every_k, minimum=1)
 
     def init_fn(params: Params) -> AccumulateState:
         return AccumulateState(zero_count(), zeros_like_tree(params, None), inner.init(params))

@@ -7,7 +7,7 @@ accept schedules, and ``inject_hyperparams`` changes them between steps without 
 
 from __future__ import annotations
 
-from mpnn_opt import aliases
+from mpnn_opt import _checks, aliases
 from mpnn_opt import extra_transforms as blocks
 from mpnn_opt.base import GradientTransformation, ScalarOrSchedule, chain
 from mpnn_opt.regularization import add_regularization
@@ -23,6 +23,9 @@ def _coupled_l2(weight_decay: float) -> GradientTransformation:
 
 def torch_sgd(learning_rate: ScalarOrSchedule, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0) -> GradientTransformation:
     """torch ``SGD`` (dampening 0): ``g' = g + wd*w``, ``b = m*b + g'``, ``w -= lr * (g' + m*b if nesterov else b)``."""
+    _checks.in_unit_interval("momentum", momentum)
+    _checks.flag("nesterov", nesterov)
+    _checks.nesterov_momentum(nesterov, momentum)
     return chain(_coupled_l2(weight_decay), blocks.trace(momentum, nesterov), scale_by_learning_rate(learning_rate))
 
 
@@ -32,11 +35,18 @@ def torch_rmsprop(
 ) -> GradientTransformation:
     """torch ``RMSprop``: ``s = a*s + (1-a)*g'^2``, ``d = g' / (sqrt(s [- mean^2 if centered]) + eps)``,
     ``b = m*b + d`` when ``momentum > 0``, ``w -= lr * (b or d)``."""
+    _checks.in_unit_interval("alpha", alpha)
+    _checks.in_unit_interval("momentum", momentum)
+    _checks.flag("centered", centered)
     direction = blocks.scale_by_centered_rms(alpha, epsilon) if centered else scale_by_rms(alpha, epsilon)
     steps = [_coupled_l2(weight_decay), direction]
     if momentum > 0:
         steps.append(blocks.trace(momentum))
     return chain(*steps, scale_by_learning_rate(learning_rate))
+
+
+# whether there is a momentum buffer at all depends on momentum > 0: inject_hyperparams keeps it static
+torch_rmsprop.static_hyperparameters = ("momentum",)  # type: ignore[attr-defined]
 
 
 def torch_adamw(
@@ -45,6 +55,7 @@ def torch_adamw(
 ) -> GradientTransformation:
     """torch ``AdamW``: ``w = w - lr * (adam_direction + wd * w)`` (decay of the old weight, scaled by lr);
     optax ``adamw`` is the same. The seed's 'L2' Adam decays the stepped weight instead."""
+    _checks.flag("amsgrad", amsgrad)
     direction = blocks.scale_by_amsgrad(beta1, beta2, epsilon) if amsgrad else scale_by_adam(beta1, beta2, epsilon)
     return chain(direction, blocks.add_decayed_weights(weight_decay), scale_by_learning_rate(learning_rate))
 
@@ -83,7 +94,7 @@ def conventional(optimizer: str, convention: str, learning_rate: ScalarOrSchedul
     ``beta2``, ``epsilon``. Each library's defaults apply where not given (Keras: eps 1e-7, rho 0.9;
     torch RMSprop: alpha 0.99).
     """
-    if convention not in CONVENTIONS:
+    if not isinstance(convention, str) or convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
     if optimizer == "sgd":
         momentum = hyperparameters.pop("momentum", 0.1 if convention == "seed" else 0.0)
