@@ -8,8 +8,9 @@ of another shape, NaN, +-inf and a value out of range are a ``ValueError``. A co
 ``transition_steps``) must be an integer (``int``, a NumPy integer or a 0-d integer array), never a
 float or a bool; a flag (``nesterov``, ``staircase``) must be a bool, never ``1`` or ``"yes"``.
 
-Schedules (callables) and traced values cannot be checked when the transform is built and pass
-through untouched: :func:`mpnn_opt.hyperparams.inject_hyperparams` rebuilds factories from traced
+Schedules (callables) for ``learning_rate``, the one argument that takes them, and traced values
+cannot be checked when the transform is built and pass through untouched (a callable anywhere else
+is a ``TypeError``): :func:`mpnn_opt.hyperparams.inject_hyperparams` rebuilds factories from traced
 values inside ``update``.
 """
 
@@ -29,8 +30,21 @@ REGULARIZATIONS = ("L1", "L2", None)
 _ARRAY_TYPES = (np.ndarray, np.generic, jax.Array)
 
 
-def _unchecked(value: Any) -> bool:
-    return callable(value) or isinstance(value, jax.core.Tracer)
+SCHEDULABLE = ("learning_rate",)  # the arguments annotated ScalarOrSchedule; others are read as numbers
+
+
+def _unchecked(name: str, value: Any) -> bool:
+    """A traced value, or a schedule for an argument that takes one, cannot be checked here."""
+    if isinstance(value, jax.core.Tracer):
+        return True
+    if callable(value) and not isinstance(value, type):
+        if name in SCHEDULABLE:
+            return True
+        raise TypeError(
+            f"{name} must be a finite real number, got the callable {value!r}; only {', '.join(SCHEDULABLE)} "
+            f"takes a schedule (wrap the factory with mpnn_opt.inject_hyperparams to schedule {name})"
+        )
+    return False
 
 
 def _type_name(value: Any) -> str:
@@ -59,7 +73,7 @@ def _number(name: str, value: Any, requirement: str) -> float | None:
 
     ``requirement`` completes "``name`` must be a finite real number ..." in the messages.
     """
-    if _unchecked(value):
+    if _unchecked(name, value):
         return None
     expected = f"{name} must be a finite real number{requirement}"
     if not _is_real(value):
@@ -120,7 +134,7 @@ def flag(name: str, value: Any) -> None:
 
 
 def state_dtype(value: Any) -> None:
-    """Refuses anything but ``None`` (the params' own dtypes) or a floating dtype (``jnp.float32``, ``'bfloat16'``, ...)."""
+    """Refuses anything but ``None`` (the default: float32, or float64 for float64 params) or a floating dtype (``jnp.float32``, ``'bfloat16'``, ...)."""
     if value is None:
         return
     expected = "state_dtype must be None or a floating dtype such as jnp.float32 or 'bfloat16'"

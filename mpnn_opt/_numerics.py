@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -41,17 +42,39 @@ def value_at(value: ScalarOrSchedule, count: jax.Array) -> jax.Array:
     return value(count) if callable(value) else value
 
 
-def bias_correction(decay: float | jax.Array, count: jax.Array) -> jax.Array:
-    """``1 - decay**count`` in float32 without the cancellation of the naive form.
+def bias_correction(decay: float | jax.Array, count: jax.Array, dtype: Any = jnp.float32) -> jax.Array:
+    """``1 - decay**count`` in ``dtype`` (float32 by default) without the cancellation of the naive form.
 
     Computed as ``-expm1(count * log(decay))`` with ``log(decay)`` taken in double precision when
-    ``decay`` is a Python float: ``1 - 0.999**1`` comes out right to float32 rounding, where the naive
-    float32 form is off by about 1e-5 relative (optax and torch use the naive form).
+    ``decay`` is a Python float: ``1 - 0.999**1`` comes out right to ``dtype``'s rounding, where the
+    naive float32 form is off by about 1e-5 relative (optax and torch use the naive form). Pass
+    ``dtype=float64`` (under ``jax_enable_x64``) for float64-accurate Adam.
     """
+    dtype = jnp.promote_types(dtype, jnp.float32)
     if isinstance(decay, (int, float)):
         if decay == 0:
-            return jnp.ones([], jnp.float32)
-        log_decay = jnp.float32(math.log(decay))
+            return jnp.ones([], dtype)
+        log_decay = jnp.asarray(math.log(decay), dtype)
     else:
-        log_decay = jnp.log(jnp.asarray(decay, jnp.float32))
-    return -jnp.expm1(count.astype(jnp.float32) * log_decay)
+        log_decay = jnp.log(jnp.asarray(decay, dtype))
+    return -jnp.expm1(count.astype(dtype) * log_decay)
+
+
+def safe_sqrt(x: jax.Array) -> jax.Array:
+    """``sqrt(max(x, 0))`` whose derivative at 0 is 0 instead of infinity.
+
+    The same values as ``jnp.sqrt`` for ``x >= 0``; a negative ``x`` (a rounding error, as in centered
+    RMSprop's ``s - a^2``) gives 0, not NaN. With the plain root, differentiating through an update
+    (e.g. with respect to the learning rate) gives ``inf * 0 = NaN`` wherever a gradient entry is 0.
+    """
+    positive = x > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1)), 0)
+
+
+def safe_epsilon(epsilon: Any, dtype: Any) -> jax.Array:
+    """``epsilon`` in ``dtype``, raised to ``dtype``'s smallest normal number if it rounds below it.
+
+    A positive epsilon such as 1e-50 is 0 in float32; a zero gradient would then give ``0 / 0 = NaN``.
+    Normal values (1e-8 in float32) are returned unchanged.
+    """
+    return jnp.maximum(jnp.asarray(epsilon, dtype), jnp.finfo(dtype).tiny)

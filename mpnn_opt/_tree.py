@@ -88,6 +88,15 @@ def check_same_structure(expected: Any, got: Any, *, expected_name: str, got_nam
         )
 
 
+def check_state(state: Any, expected: type, transform: str) -> None:
+    """Raises ``TypeError`` when ``state`` is not an ``expected`` (e.g. another optimizer's state)."""
+    if not isinstance(state, expected):
+        raise TypeError(
+            f"{transform}: expected a state of type {expected.__name__} (from this transform's init), got "
+            f"{type(state).__name__}; was the state made by another optimizer's init?"
+        )
+
+
 def check_float_leaves(tree: Any, what: str) -> None:
     """Raises ``TypeError`` naming the first leaf whose dtype is not floating point.
 
@@ -105,13 +114,28 @@ def check_float_leaves(tree: Any, what: str) -> None:
 
 
 def compute_dtype(dtype: Any) -> jnp.dtype:
-    """The dtype the arithmetic runs in: at least float32, so that eps and beta2 do not round away."""
-    return jnp.promote_types(dtype, jnp.float32)
+    """The dtype the arithmetic runs in: at least float32, so that eps and beta2 do not round away.
+
+    float64 stays float64; every narrower float (float16, bfloat16, the float8 types, which have no
+    implicit promotion) computes in float32.
+    """
+    dtype = jnp.dtype(dtype)
+    return dtype if dtype.itemsize >= 4 else jnp.dtype(jnp.float32)
 
 
 def zeros_like_tree(params: Any, dtype: Any | None) -> Any:
-    """Zeros shaped like each parameter, in ``dtype`` or else the parameter's own dtype."""
-    return tree_map(lambda p: jnp.zeros(jnp.shape(p), dtype or jnp.result_type(p)), params)
+    """Zeros shaped like each parameter, in ``dtype`` or else the parameter's :func:`compute_dtype`.
+
+    The default keeps per-parameter state of float16/bfloat16/float8 params in float32, as the seed
+    keeps its state: in float16 a squared gradient of 1e4 overflows to inf (the parameter then stops
+    moving) and one of 1e-4 underflows to 0 (Adam's step then grows 5x).
+    """
+    return tree_map(lambda p: jnp.zeros(jnp.shape(p), dtype or compute_dtype(jnp.result_type(p))), params)
+
+
+def as_arrays(tree: Any) -> Any:
+    """``tree`` with every non-None leaf a JAX array (Python and NumPy scalars become 0-d arrays)."""
+    return tree_map(lambda leaf: leaf if isinstance(leaf, jax.Array) else jnp.asarray(leaf), tree)
 
 
 def broadcast_mask(mask: Any, params: Any, argument: str = "mask") -> Any:
@@ -130,6 +154,24 @@ def broadcast_mask(mask: Any, params: Any, argument: str = "mask") -> Any:
         )
     except (ValueError, TypeError) as error:
         raise ValueError(f"{argument} must be a pytree of bools shaped like the params (or a prefix of them): {error}") from None
+
+
+def check_bool_flags(flags: Any, params: Any, argument: str = "mask") -> None:
+    """Raises ``TypeError`` naming the path of the first flag that is not a bool for a (non-None) leaf.
+
+    A flag is a Python or NumPy bool, or a bool array of the leaf's shape (or 0-d); strings, numbers
+    and ``None`` are refused, so that a malformed mask fails here rather than deep inside an update.
+    """
+    for (path, flag), (_, leaf) in zip(leaves_with_paths(flags), leaves_with_paths(params)):
+        if leaf is None or isinstance(flag, (bool, np.bool_)):
+            continue
+        is_bool_array = isinstance(flag, (np.ndarray, jax.Array)) and jnp.result_type(flag) == jnp.bool_
+        if not is_bool_array or np.shape(flag) not in ((), np.shape(leaf)):
+            shape = f" of shape {np.shape(flag)}" if hasattr(flag, "shape") else ""
+            raise TypeError(
+                f"{argument} at {path_str(path)} must be a bool (or a bool array of the leaf's shape {np.shape(leaf)}), "
+                f"got {flag!r} of type {type(flag).__name__}{shape}"
+            )
 
 
 def unzip(reference: Any, tree_of_tuples: Any, count: int) -> tuple[Any, ...]:

@@ -17,7 +17,7 @@ from typing import Any, Callable, NamedTuple, Protocol, Union
 import jax
 import jax.numpy as jnp
 
-from mpnn_opt._tree import check_same_structure
+from mpnn_opt._tree import check_float_leaves, check_same_structure, compute_dtype
 
 __all__ = [
     "ArrayTree",
@@ -119,12 +119,24 @@ def apply_updates(params: Params, updates: Updates) -> Params:
     """Returns ``params + updates`` leaf by leaf, cast back to each parameter's dtype.
 
     The sum is computed in the wider of the two dtypes (so f32 updates on bf16 params are
-    added in f32) and then rounded once to the parameter's dtype. ``None`` leaves stay ``None``.
+    added in f32; float8 params, which have no implicit promotion, are added in float32) and then
+    rounded once to the parameter's dtype. ``None`` leaves stay ``None``. Integer or bool params or
+    updates raise ``TypeError`` naming the path: casting back would silently truncate every step.
     """
     check_same_structure(params, updates, expected_name="params", got_name="updates")
-    return jax.tree.map(
-        lambda p, u: None if p is None else jnp.asarray(p + u).astype(jnp.asarray(p).dtype),
-        params,
-        updates,
-        is_leaf=lambda x: x is None,
-    )
+    check_float_leaves(params, "params")
+    check_float_leaves(updates, "updates")
+
+    def add(p, u):
+        p, u = jnp.asarray(p), jnp.asarray(u)
+        return (p.astype(_sum_dtype(p.dtype, u.dtype)) + u).astype(p.dtype)
+
+    return jax.tree.map(lambda p, u: None if p is None else add(p, u), params, updates, is_leaf=lambda x: x is None)
+
+
+def _sum_dtype(param_dtype: Any, update_dtype: Any) -> Any:
+    if param_dtype == update_dtype:
+        return param_dtype
+    if min(jnp.dtype(param_dtype).itemsize, jnp.dtype(update_dtype).itemsize) == 1:  # float8: no implicit promotion
+        return jnp.promote_types(compute_dtype(param_dtype), compute_dtype(update_dtype))
+    return jnp.promote_types(param_dtype, update_dtype)

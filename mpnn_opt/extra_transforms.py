@@ -13,11 +13,12 @@ import jax
 import jax.numpy as jnp
 
 from mpnn_opt import _checks
-from mpnn_opt._numerics import bias_correction, safe_increment, zero_count
+from mpnn_opt._numerics import bias_correction, safe_epsilon, safe_increment, safe_sqrt, zero_count
 from mpnn_opt._tree import tree_map, unzip
 from mpnn_opt.base import GradientTransformation, Params
 from mpnn_opt.regularization import add_regularization
-from mpnn_opt.transforms import _check_updates, _init_state_tree, _one_buffer_block
+from mpnn_opt._tree import check_state
+from mpnn_opt.transforms import _check_updates, _init_state_tree, _one_buffer_block, per_compute_dtype
 from mpnn_opt.transforms import _to_compute as _f
 
 __all__ = [
@@ -32,8 +33,9 @@ def _state_tree(params: Params, state_dtype: Any | None, fill: float = 0.0) -> A
     return zeros if fill == 0.0 else tree_map(lambda z: jnp.full_like(z, fill), zeros)
 
 
-def _check(updates: Any, reference: Any, name: str) -> None:
-    _check_updates(updates, reference, f"the optimizer state ({name})")
+def _check(updates: Any, state: Any, state_type: type, name: str) -> Any:
+    check_state(state, state_type, state_type.__name__)
+    return _check_updates(updates, getattr(state, name), f"the optimizer state ({name})")
 
 
 class TraceState(NamedTuple):
@@ -46,6 +48,8 @@ def trace(decay: float, nesterov: bool = False, *, state_dtype: Any | None = Non
     ``b_t = decay * b_{t-1} + g_t``; ``u_t = g_t + decay * b_t`` if ``nesterov`` else ``b_t``.
     """
     _checks.in_unit_interval("decay", decay)
+    _checks.flag("nesterov", nesterov)
+    _checks.state_dtype(state_dtype)
 
     def step(g, b, _):
         b_new = decay * _f(b) + _f(g)
@@ -72,19 +76,21 @@ def scale_by_centered_rms(decay: float = 0.99, epsilon: float = 1e-8, *, state_d
     ``u = g / (sqrt(s - a^2) + eps)`` (eps outside the root, as torch; optax's ``centered`` puts it inside)."""
     _checks.in_unit_interval("decay", decay)
     _checks.positive("epsilon", epsilon)
+    _checks.state_dtype(state_dtype)
 
     def init_fn(params):
         return CenteredRmsState(_state_tree(params, state_dtype), _state_tree(params, state_dtype))
 
     def update_fn(updates, state, params=None):
         del params
-        _check(updates, state.mean, "mean")
+        updates = _check(updates, state, CenteredRmsState, "mean")
 
         def step(g, s, a):
             g32 = _f(g)
             s_new = decay * _f(s) + (1 - decay) * g32 * g32
             a_new = decay * _f(a) + (1 - decay) * g32
-            out = g32 / (jnp.sqrt(s_new - a_new * a_new) + epsilon)
+            # safe_sqrt: s - a^2 can round below 0, where a plain root gives NaN
+            out = g32 / (safe_sqrt(s_new - a_new * a_new) + safe_epsilon(epsilon, g32.dtype))
             return out.astype(g.dtype), s_new.astype(s.dtype), a_new.astype(a.dtype)
 
         new_updates, squares, means = unzip(updates, tree_map(step, updates, state.mean_square, state.mean), 3)
@@ -107,22 +113,24 @@ def scale_by_amsgrad(beta1: float = 0.9, beta2: float = 0.999, epsilon: float = 
     _checks.in_unit_interval("beta1", beta1)
     _checks.in_unit_interval("beta2", beta2)
     _checks.positive("epsilon", epsilon)
+    _checks.state_dtype(state_dtype)
 
     def init_fn(params):
         return AmsgradState(zero_count(), *(_state_tree(params, state_dtype) for _ in range(3)))
 
     def update_fn(updates, state, params=None):
         del params
-        _check(updates, state.momentums, "momentums")
+        updates = _check(updates, state, AmsgradState, "momentums")
         count = safe_increment(state.count)
-        bc1, sqrt_bc2 = bias_correction(beta1, count), jnp.sqrt(bias_correction(beta2, count))
+        corrections = per_compute_dtype(updates, lambda dt: (bias_correction(beta1, count, dt), jnp.sqrt(bias_correction(beta2, count, dt))))
 
         def step(g, m, v, v_max):
             g32 = _f(g)
+            bc1, sqrt_bc2 = corrections[g32.dtype]
             m_new = beta1 * _f(m) + (1 - beta1) * g32
             v_new = beta2 * _f(v) + (1 - beta2) * g32 * g32
             v_max_new = jnp.maximum(_f(v_max), v_new)
-            out = (m_new / bc1) / (jnp.sqrt(v_max_new) / sqrt_bc2 + epsilon)
+            out = (m_new / bc1) / (safe_sqrt(v_max_new) / sqrt_bc2 + safe_epsilon(epsilon, g32.dtype))
             return out.astype(g.dtype), m_new.astype(m.dtype), v_new.astype(v.dtype), v_max_new.astype(v_max.dtype)
 
         out = tree_map(step, updates, state.momentums, state.velocities, state.max_velocities)
@@ -145,22 +153,28 @@ def scale_by_nadam(beta1: float = 0.9, beta2: float = 0.999, epsilon: float = 1e
     _checks.in_unit_interval("beta1", beta1)
     _checks.in_unit_interval("beta2", beta2)
     _checks.positive("epsilon", epsilon)
+    _checks.state_dtype(state_dtype)
 
     def init_fn(params):
         return NadamState(zero_count(), _state_tree(params, state_dtype), _state_tree(params, state_dtype))
 
     def update_fn(updates, state, params=None):
         del params
-        _check(updates, state.momentums, "momentums")
+        updates = _check(updates, state, NadamState, "momentums")
         count = safe_increment(state.count)
-        bc1, bc1_next, bc2 = bias_correction(beta1, count), bias_correction(beta1, safe_increment(count)), bias_correction(beta2, count)
+        corrections = per_compute_dtype(
+            updates,
+            lambda dt: (bias_correction(beta1, count, dt), bias_correction(beta1, safe_increment(count), dt), bias_correction(beta2, count, dt)),
+        )
 
         def step(g, m, v):
             g32 = _f(g)
+            dtype = g32.dtype
+            bc1, bc1_next, bc2 = corrections[dtype]
             m_new = beta1 * _f(m) + (1 - beta1) * g32
             v_new = beta2 * _f(v) + (1 - beta2) * g32 * g32
             m_hat = beta1 * m_new / bc1_next + (1 - beta1) * g32 / bc1
-            out = m_hat / (jnp.sqrt(v_new / bc2) + epsilon)
+            out = m_hat / (safe_sqrt(v_new / bc2) + safe_epsilon(epsilon, dtype))
             return out.astype(g.dtype), m_new.astype(m.dtype), v_new.astype(v.dtype)
 
         new_updates, m, v = unzip(updates, tree_map(step, updates, state.momentums, state.velocities), 3)
@@ -178,10 +192,11 @@ def scale_by_rss(initial_accumulator_value: float = 0.0, epsilon: float = 1e-10,
     optax ``adagrad`` starts at 0.1 and puts eps inside the root."""
     _checks.non_negative("initial_accumulator_value", initial_accumulator_value)
     _checks.positive("epsilon", epsilon)
+    _checks.state_dtype(state_dtype)
 
     def step(g, s, _):
         s_new = _f(s) + _f(g) * _f(g)
-        return (_f(g) / (jnp.sqrt(s_new) + epsilon)).astype(g.dtype), s_new.astype(s.dtype)
+        return (_f(g) / (safe_sqrt(s_new) + safe_epsilon(epsilon, s_new.dtype))).astype(g.dtype), s_new.astype(s.dtype)
 
     return _one_buffer_block(RssState, "sum_of_squares", lambda params: _state_tree(params, state_dtype, initial_accumulator_value), step)
 
@@ -195,6 +210,7 @@ def scale_by_lion(beta1: float = 0.9, beta2: float = 0.99, *, state_dtype: Any |
     then ``m = b2 * m + (1 - b2) * g``."""
     _checks.in_unit_interval("beta1", beta1)
     _checks.in_unit_interval("beta2", beta2)
+    _checks.state_dtype(state_dtype)
 
     def step(g, m, _):
         out = jnp.sign(beta1 * _f(m) + (1 - beta1) * _f(g))

@@ -13,11 +13,13 @@ stored in ``hyperparams`` too, so it can be read back. Strings, bools, ``None``,
 
 from __future__ import annotations
 
+import inspect
 import numbers
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mpnn_opt._numerics import safe_increment, zero_count
 from mpnn_opt.base import GradientTransformation, OptState, Params
@@ -32,9 +34,40 @@ class InjectHyperparamsState(NamedTuple):
 
 
 def _is_numeric(value: Any) -> bool:
-    if isinstance(value, bool):
+    if isinstance(value, (bool, np.bool_)):
         return False
-    return isinstance(value, numbers.Real) or (isinstance(value, jax.Array) and jnp.ndim(value) == 0)
+    if isinstance(value, numbers.Real):
+        return True
+    return isinstance(value, (jax.Array, np.ndarray)) and jnp.ndim(value) == 0 and jnp.issubdtype(jnp.result_type(value), jnp.number)
+
+
+def _is_schedule(value: Any) -> bool:
+    # a dtype class (jnp.float32) or a dtype object is callable, but it is never a schedule
+    return callable(value) and not isinstance(value, (type, np.dtype))
+
+
+def _scalar_parameters(factory: Callable) -> tuple[set[str] | None, dict[str, Any]]:
+    """The names of ``factory``'s parameters that take a number or a schedule, and its defaults.
+
+    A parameter takes a number when its default is a number (not a bool) or its annotation names
+    ``float``/``int``/``ScalarOrSchedule``; ``None`` for the names when the signature says nothing
+    (``**kwargs``), where any numeric value or callable counts.
+    """
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return None, {}
+    names, defaults, open_ended = set(), {}, False
+    for name, parameter in signature.parameters.items():
+        if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+            open_ended = True
+            continue
+        if parameter.default is not inspect.Parameter.empty:
+            defaults[name] = parameter.default
+        annotation = str(parameter.annotation)
+        if _is_numeric(parameter.default) or any(word in annotation for word in ("float", "int", "ScalarOrSchedule")):
+            names.add(name)
+    return (None if open_ended else names), defaults
 
 
 def inject_hyperparams(
@@ -42,19 +75,30 @@ def inject_hyperparams(
 ) -> Callable[..., GradientTransformation]:
     """Wraps ``factory`` (e.g. :func:`mpnn_opt.adam`) so its numeric and scheduled arguments live in the state.
 
-    Arguments named in ``static_args`` stay Python values (for those that choose the structure of the
-    transform, such as ``momentum`` in :func:`mpnn_opt.presets.torch_rmsprop`).
+    Every numeric hyperparameter of the factory is injected, the ones left at their defaults
+    included (as optax does), so ``with_hyperparam(state, "beta1", 0.8)`` works without passing
+    ``beta1`` first. A callable is a schedule only for a parameter that takes a number; masks,
+    dtypes (``state_dtype=jnp.float32``: a dtype class is callable), strings, bools and ``None`` stay
+    static. Arguments named in ``static_args``, or in the factory's ``static_hyperparameters``
+    attribute (those that choose the structure of the transform, such as ``momentum`` in
+    :func:`mpnn_opt.presets.torch_rmsprop`), stay Python values.
 
     The factory is called once with the initial values, so invalid hyperparameters still raise at
     construction. Unlike optax's ``inject_hyperparams``, the arrays are always float32.
     """
+    scalar_names, defaults = _scalar_parameters(factory)
+    static_names = set(static_args) | set(getattr(factory, "static_hyperparameters", ()))
+
+    def takes_number(name: str) -> bool:
+        return name not in static_names and (scalar_names is None or name in scalar_names)
 
     def wrapped(*args: Any, **kwargs: Any) -> GradientTransformation:
         if args:
             raise TypeError(f"inject_hyperparams({factory.__name__}): pass hyperparameters by keyword")
-        schedules = {name: value for name, value in kwargs.items() if callable(value) and name not in static_args}
-        numeric = {name: value for name, value in kwargs.items() if _is_numeric(value) and name not in static_args}
-        static = {name: value for name, value in kwargs.items() if name not in schedules and name not in numeric}
+        arguments = {**{name: value for name, value in defaults.items() if takes_number(name) and _is_numeric(value)}, **kwargs}
+        schedules = {name: value for name, value in arguments.items() if takes_number(name) and _is_schedule(value)}
+        numeric = {name: value for name, value in arguments.items() if takes_number(name) and _is_numeric(value)}
+        static = {name: value for name, value in arguments.items() if name not in schedules and name not in numeric}
         initial = factory(**static, **numeric, **{name: float(schedule(0)) for name, schedule in schedules.items()})
 
         def values_at(count: jax.Array, stored: dict[str, jax.Array]) -> dict[str, jax.Array]:
@@ -78,33 +122,45 @@ def inject_hyperparams(
     return wrapped
 
 
-def _children(state: Any) -> list:
+def _children(state: Any) -> list[tuple[str, Any]]:
+    """``(path entry, child)`` pairs of a state node: named-tuple fields, tuple positions, dict keys."""
+    if isinstance(state, tuple) and hasattr(state, "_fields"):
+        return [(f".{field}", getattr(state, field)) for field in state._fields]
     if isinstance(state, (tuple, list)):
-        return list(state)
+        return [(f"[{index}]", child) for index, child in enumerate(state)]
     if isinstance(state, dict):
-        return list(state.values())
+        return [(f"[{key!r}]", child) for key, child in state.items()]
     return []
 
 
 def read_value(state: OptState, name: str) -> jax.Array:
-    """The first value called ``name`` in ``state``: an injected hyperparameter or a state field.
+    """The value called ``name`` in ``state``: an injected hyperparameter or a state field.
 
-    Searches depth first through chains and wrappers, so ``read_value(state, 'learning_rate')`` and
-    ``read_value(state, 'count')`` work on the state of any composition. Raises ``KeyError`` naming
-    what was found when nothing matches.
+    Searches breadth first through chains and wrappers, so ``read_value(state, 'learning_rate')`` and
+    ``read_value(state, 'count')`` work on the state of any composition. The match nearest the top
+    wins (an injected wrapper's ``count`` over its inner optimizer's). Two matches at that same
+    depth (two injected optimizers in one chain, or a chain whose stages both count steps) raise
+    ``ValueError`` naming their paths: read from the sub-state you mean (``state[1]``). Raises
+    ``KeyError`` naming what was found when nothing matches.
     """
-    pending, seen_fields = [state], set()
-    while pending:
-        node = pending.pop(0)
-        if isinstance(node, InjectHyperparamsState) and name in node.hyperparams:
-            return node.hyperparams[name]
-        fields = getattr(node, "_fields", ())
-        seen_fields.update(fields)
-        if name in fields and getattr(node, name) is not None:
-            return getattr(node, name)
-        if isinstance(node, InjectHyperparamsState):
-            seen_fields.update(node.hyperparams)
-        pending.extend(_children(node))
+    level, seen_fields = [("state", state)], set()
+    while level:
+        matches, next_level = [], []
+        for path, node in level:
+            if isinstance(node, InjectHyperparamsState):
+                seen_fields.update(node.hyperparams)
+                if name in node.hyperparams:
+                    matches.append((f"{path}.hyperparams[{name!r}]", node.hyperparams[name]))
+            fields = getattr(node, "_fields", ())
+            seen_fields.update(fields)
+            if name in fields and getattr(node, name) is not None:
+                matches.append((f"{path}.{name}", getattr(node, name)))
+            next_level.extend((path + entry, child) for entry, child in _children(node))
+        if len(matches) == 1:
+            return matches[0][1]
+        if matches:
+            raise ValueError(f"{name!r} is ambiguous in this state: found at {', '.join(p for p, _ in matches)}; read it from the sub-state you mean")
+        level = next_level
     raise KeyError(f"no value named {name!r} in this state; it has {sorted(seen_fields)}")
 
 

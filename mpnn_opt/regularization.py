@@ -16,7 +16,10 @@ import jax.numpy as jnp
 from mpnn_opt import _checks
 from mpnn_opt._numerics import advance, schedule_count, value_at
 from mpnn_opt._tree import (
+    as_arrays,
     broadcast_mask,
+    check_bool_flags,
+    check_state,
     check_float_leaves,
     check_same_structure,
     compute_dtype,
@@ -52,7 +55,9 @@ def seed_name_mask(params: Params) -> Any:
 
 
 def _resolve_mask(mask: Mask | None, params: Params) -> Any:
-    return broadcast_mask(seed_name_mask if mask is None else mask, params)
+    flags = broadcast_mask(seed_name_mask if mask is None else mask, params)
+    check_bool_flags(flags, params)
+    return flags
 
 
 def _where(flag: Any, regularized: jax.Array, untouched: jax.Array) -> jax.Array:
@@ -86,6 +91,7 @@ def add_regularization(regularization: str | None, weight_decay: float, mask: Ma
         _require_params(params, "add_regularization")
         check_float_leaves(updates, "updates")
         check_same_structure(params, updates, expected_name="params", got_name="updates")
+        updates, params = as_arrays(updates), as_arrays(params)
         flags = _resolve_mask(mask, params)
 
         def add(g, w, flag):
@@ -123,8 +129,10 @@ def add_decoupled_weight_decay(
 
     def update_fn(updates, state, params=None):
         _require_params(params, "add_decoupled_weight_decay")
+        check_state(state, DecoupledWeightDecayState, "add_decoupled_weight_decay")
         check_float_leaves(updates, "updates")
         check_same_structure(params, updates, expected_name="params", got_name="updates")
+        updates, params = as_arrays(updates), as_arrays(params)
         flags = _resolve_mask(mask, params)
         shrink = value_at(learning_rate, state.count) * weight_decay
 

@@ -60,6 +60,7 @@ def state_shardings(
     mesh axis over which per-parameter state is split as well (ZeRO-1, see the module docstring).
     """
     params_def = jax.tree.structure(params)
+    params_def_with_none = jax.tree.structure(params, is_leaf=_is_none)
     shardings_def = jax.tree.structure(param_shardings)
     if params_def != shardings_def:
         raise ValueError(
@@ -70,20 +71,38 @@ def state_shardings(
     if zero_axis is not None and zero_axis not in mesh.shape:
         raise ValueError(f"zero_axis {zero_axis!r} is not an axis of the mesh {dict(mesh.shape)}")
     abstract_state = jax.eval_shape(tx.init, params)
-    flat_params = jax.tree.leaves(params)
     replicated = NamedSharding(mesh, PartitionSpec())
 
-    def for_subtree(node: Any) -> Any:
-        if jax.tree.structure(node) != params_def:
-            return jax.tree.map(lambda _: replicated, node)
-        leaves = [
-            _leaf_sharding(state_leaf, param, sharding, zero_axis, replicated)
-            for state_leaf, param, sharding in zip(jax.tree.leaves(node), flat_params, flat_shardings)
-        ]
-        return jax.tree.unflatten(params_def, leaves)
+    def mirrors_params(node: Any) -> bool:
+        # a per-parameter state tree: the params' structure, with None where a mask left a leaf out
+        # (masked and partition keep such trees), so None counts as a leaf here
+        if node is None:
+            return False
+        return jax.tree.structure(node) == params_def or jax.tree.structure(node, is_leaf=_is_none) == params_def_with_none
 
-    is_params_like = lambda node: jax.tree.structure(node) == params_def  # noqa: E731
-    return jax.tree.map(for_subtree, abstract_state, is_leaf=is_params_like)
+    def for_subtree(node: Any) -> Any:
+        if not mirrors_params(node):
+            return jax.tree.map(lambda _: replicated, node)
+        state_leaves = jax.tree.leaves(node, is_leaf=_is_none)
+        leaves = [
+            None if state_leaf is None else _leaf_sharding(state_leaf, param, sharding, zero_axis, replicated)
+            for state_leaf, param, sharding in zip(state_leaves, flat_params_with_none, flat_shardings_with_none)
+        ]
+        return jax.tree.unflatten(jax.tree.structure(node, is_leaf=_is_none), leaves)
+
+    flat_params_with_none = jax.tree.leaves(params, is_leaf=_is_none)
+    flat_shardings_with_none = _align_with_none(flat_params_with_none, flat_shardings)
+    return jax.tree.map(for_subtree, abstract_state, is_leaf=mirrors_params)
+
+
+def _is_none(node: Any) -> bool:
+    return node is None
+
+
+def _align_with_none(flat_params_with_none: list, flat_shardings: list) -> list:
+    """The shardings placed at the params' leaf positions, ``None`` where a param is ``None``."""
+    shardings = iter(flat_shardings)
+    return [None if param is None else next(shardings) for param in flat_params_with_none]
 
 
 def per_device_nbytes(tree: Any) -> dict[Any, int]:

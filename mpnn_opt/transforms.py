@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 
 from mpnn_opt import _checks
-from mpnn_opt._numerics import advance, bias_correction, safe_increment, schedule_count, value_at, zero_count
-from mpnn_opt._tree import check_float_leaves, check_same_structure, compute_dtype, tree_map, unzip, zeros_like_tree
+from mpnn_opt._numerics import advance, bias_correction, safe_epsilon, safe_increment, safe_sqrt, schedule_count, value_at, zero_count
+from mpnn_opt._tree import as_arrays, check_float_leaves, check_same_structure, check_state, compute_dtype, tree_map, unzip, zeros_like_tree
 from mpnn_opt.base import GradientTransformation, Params, ScalarOrSchedule, Updates
 
 __all__ = [
@@ -32,14 +32,28 @@ __all__ = [
 ]
 
 
-def _check_updates(updates: Updates, reference: Any, reference_name: str) -> None:
+def _check_updates(updates: Updates, reference: Any, reference_name: str) -> Updates:
+    """Checks ``updates`` against the state's tree; returns them with every leaf a JAX array."""
     check_float_leaves(updates, "updates")
     check_same_structure(reference, updates, expected_name=reference_name, got_name="updates")
+    return as_arrays(updates)
 
 
 def _init_state_tree(params: Params, state_dtype: Any | None) -> Any:
     check_float_leaves(params, "params")
     return zeros_like_tree(params, state_dtype)
+
+
+def per_compute_dtype(updates: Updates, scalars: Any) -> dict:
+    """``{dtype: scalars(dtype)}`` for each compute dtype among the updates' leaves.
+
+    Step-count scalars (bias corrections) are computed once per dtype, outside the per-leaf loops:
+    in the compute dtype, so float64 Adam (under ``jax_enable_x64``) stays float64-accurate, and
+    once, so that XLA does not fuse them into each loop (where a vectorized ``expm1`` can round
+    differently from leaf to leaf).
+    """
+    dtypes = {compute_dtype(jnp.result_type(leaf)) for leaf in jax.tree.leaves(updates)}
+    return {dtype: scalars(dtype) for dtype in dtypes}
 
 
 def _to_compute(x: jax.Array) -> jax.Array:
@@ -65,7 +79,9 @@ def scale_by_learning_rate(learning_rate: ScalarOrSchedule) -> GradientTransform
 
     def update_fn(updates, state, params=None):
         del params
+        check_state(state, ScaleByLearningRateState, "scale_by_learning_rate")
         check_float_leaves(updates, "updates")
+        updates = as_arrays(updates)
         lr = value_at(learning_rate, state.count)
         updates = tree_map(lambda g: (-lr * _to_compute(g)).astype(g.dtype), updates)
         return updates, ScaleByLearningRateState(count=advance(state.count))
@@ -91,6 +107,7 @@ def momentum_velocity(
     """
     _checks.non_negative("learning_rate", learning_rate)
     _checks.in_unit_interval("momentum", momentum)
+    _checks.state_dtype(state_dtype)
 
     def step(g, v, lr):
         v_new = momentum * _to_compute(v) - lr * _to_compute(g)
@@ -116,8 +133,9 @@ def _one_buffer_block(state_type, buffer_name: str, init_buffer, step, learning_
 
     def update_fn(updates, state, params=None):
         del params
+        check_state(state, state_type, state_type.__name__)
         buffer = getattr(state, buffer_name)
-        _check_updates(updates, buffer, f"the optimizer state ({buffer_name})")
+        updates = _check_updates(updates, buffer, f"the optimizer state ({buffer_name})")
         lr = value_at(learning_rate, state.count) if has_count else None
         new_updates, new_buffer = unzip(updates, tree_map(lambda g, b: step(g, b, lr), updates, buffer), 2)
         fields = {buffer_name: new_buffer}
@@ -143,6 +161,8 @@ def scale_by_rms(
     """
     _checks.in_unit_interval("decay_rate", decay_rate)
     _checks.positive("epsilon", epsilon)
+    _checks.flag("eps_in_sqrt", eps_in_sqrt)
+    _checks.state_dtype(state_dtype)
 
     def step(g, c, _):
         g32 = _to_compute(g)
@@ -157,7 +177,9 @@ def _rms_cache(g32: jax.Array, cache: jax.Array, decay_rate: Any) -> jax.Array:
 
 
 def _rms_denominator(cache: jax.Array, epsilon: Any, eps_in_sqrt: bool) -> jax.Array:
-    return jnp.sqrt(cache + epsilon) if eps_in_sqrt else jnp.sqrt(cache) + epsilon
+    # safe_epsilon: an epsilon that rounds to 0 in the cache's dtype would give 0/0 on a zero gradient
+    epsilon = safe_epsilon(epsilon, cache.dtype)
+    return safe_sqrt(cache + epsilon) if eps_in_sqrt else safe_sqrt(cache) + epsilon
 
 
 class RmsStepState(NamedTuple):
@@ -181,6 +203,7 @@ def rms_step(
     _checks.non_negative("learning_rate", learning_rate)
     _checks.in_unit_interval("decay_rate", decay_rate)
     _checks.positive("epsilon", epsilon)
+    _checks.state_dtype(state_dtype)
 
     def step(g, c, lr):
         g32 = _to_compute(g)
@@ -216,6 +239,8 @@ def scale_by_adam(
     _checks.in_unit_interval("beta1", beta1)
     _checks.in_unit_interval("beta2", beta2)
     _checks.positive("epsilon", epsilon)
+    _checks.flag("epsilon_hat", epsilon_hat)
+    _checks.state_dtype(state_dtype)
 
     def init_fn(params: Params) -> ScaleByAdamState:
         return ScaleByAdamState(
@@ -226,19 +251,23 @@ def scale_by_adam(
 
     def update_fn(updates, state, params=None):
         del params
-        _check_updates(updates, state.momentums, "the optimizer state (momentums)")
+        check_state(state, ScaleByAdamState, "scale_by_adam")
+        updates = _check_updates(updates, state.momentums, "the optimizer state (momentums)")
         count = safe_increment(state.count)
-        bias_correction1 = bias_correction(beta1, count)
-        sqrt_bias_correction2 = jnp.sqrt(bias_correction(beta2, count))
+        corrections = per_compute_dtype(
+            updates, lambda dtype: (bias_correction(beta1, count, dtype), jnp.sqrt(bias_correction(beta2, count, dtype)))
+        )
 
         def step(g, m, v):
             g32 = _to_compute(g)
+            bias_correction1, sqrt_bias_correction2 = corrections[g32.dtype]
+            eps = safe_epsilon(epsilon, g32.dtype)
             m_new = beta1 * _to_compute(m) + (1 - beta1) * g32
             v_new = beta2 * _to_compute(v) + (1 - beta2) * jnp.square(g32)
             if epsilon_hat:
-                direction = (sqrt_bias_correction2 / bias_correction1) * m_new / (jnp.sqrt(v_new) + epsilon)
+                direction = (sqrt_bias_correction2 / bias_correction1) * m_new / (safe_sqrt(v_new) + eps)
             else:
-                direction = (m_new / bias_correction1) / (jnp.sqrt(v_new) / sqrt_bias_correction2 + epsilon)
+                direction = (m_new / bias_correction1) / (safe_sqrt(v_new) / sqrt_bias_correction2 + eps)
             return direction.astype(g.dtype), m_new.astype(m.dtype), v_new.astype(v.dtype)
 
         triples = tree_map(step, updates, state.momentums, state.velocities)

@@ -103,4 +103,5 @@ def test_invalid_initial_hyperparameters_still_raise_at_construction():
 def test_state_is_a_named_tuple():
     state = inject_hyperparams(mpnn_opt.rmsprop)(learning_rate=0.1).init({"w": jnp.ones(2)})
     assert isinstance(state, InjectHyperparamsState)
-    assert set(state.hyperparams) == {"learning_rate"}
+    # every numeric hyperparameter is injected, the defaults included
+    assert set(state.hyperparams) == {"learning_rate", "weight_decay", "decay_rate", "epsilon"}

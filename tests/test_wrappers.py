@@ -63,25 +63,34 @@ def test_skipping_needs_no_host_synchronization():
 
 
 def test_params_ema_by_hand_with_and_without_debiasing():
-    ema = params_ema_init({"w": jnp.array([0.0], jnp.bfloat16)})
+    ema = params_ema_init({"w": jnp.array([0.0], jnp.bfloat16)}, decay=0.5)
     averaged = 0.0
     for t, p in enumerate([1.0, 2.0, 4.0], start=1):
-        ema = params_ema_update(ema, {"w": jnp.array([p], jnp.bfloat16)}, decay=0.5)
+        ema = params_ema_update(ema, {"w": jnp.array([p], jnp.bfloat16)})
         averaged = 0.5 * averaged + 0.5 * p
-    np.testing.assert_allclose(ema_params(ema, 0.5, debias=False)["w"], [averaged], rtol=1e-6)
-    np.testing.assert_allclose(ema_params(ema, 0.5)["w"], [averaged / (1 - 0.5**3)], rtol=1e-6)
+    np.testing.assert_allclose(ema_params(ema, debias=False)["w"], [averaged], rtol=1e-6)
+    # the read uses the EMA's own decay (0.5): one source of truth, no second decay argument to get wrong
+    np.testing.assert_allclose(ema_params(ema)["w"], [averaged / (1 - 0.5**3)], rtol=1e-6)
     assert ema.average["w"].dtype == jnp.float32
-    assert ema_params(ema, 0.5, like={"w": jnp.zeros(1, jnp.bfloat16)})["w"].dtype == jnp.bfloat16
+    assert ema_params(ema, like={"w": jnp.zeros(1, jnp.bfloat16)})["w"].dtype == jnp.bfloat16
+
+
+def test_the_ema_decay_is_given_once():
+    ema = params_ema_init({"w": jnp.zeros(1)}, decay=0.5)
+    with pytest.raises(TypeError, match="decay"):
+        params_ema_update(ema, {"w": jnp.ones(1)}, decay=0.9)
+    with pytest.raises(TypeError, match="decay"):
+        ema_params(ema, decay=0.9)
 
 
 def test_params_ema_equals_optax_ema_of_the_same_sequence(rng):
     sequence = [{"w": jnp.asarray(rng.standard_normal(3).astype(np.float32))} for _ in range(10)]
-    ema, theirs = params_ema_init(sequence[0]), optax.ema(0.9, debias=True)
+    ema, theirs = params_ema_init(sequence[0], decay=0.9), optax.ema(0.9, debias=True)
     their_state = theirs.init(sequence[0])
     for p in sequence:
-        ema = params_ema_update(ema, p, decay=0.9)
+        ema = jax.jit(params_ema_update)(ema, p)
         their_value, their_state = theirs.update(p, their_state)
-    assert tree_relative_error(ema_params(ema, 0.9), their_value) <= 1e-6
+    assert tree_relative_error(ema_params(ema), their_value) <= 1e-6
 
 
 def test_ema_refuses_a_params_tree_of_another_structure():

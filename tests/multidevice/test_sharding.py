@@ -233,3 +233,34 @@ def test_pack_refuses_sharded_leaves_with_an_error_naming_the_leaf(axis_type):
     params = jax.device_put(make_params(), param_shardings(axis_type=axis_type))
     with pytest.raises(ValueError, match=r"\['dense'\]\['biases'\].*sharded"):
         pack(params)
+
+
+MASKED_TRANSFORMS = {
+    "masked": lambda: mpnn_opt.masked(mpnn_opt.adam(0.01), mpnn_opt.path_mask("dense/*", "head/*")),
+    "partition": lambda: mpnn_opt.partition(
+        {"adam": mpnn_opt.adam(0.01), "sgd": mpnn_opt.sgd(0.1, None, momentum=0.9)},
+        lambda params: {layer: jax.tree.map(lambda _: "sgd" if layer == "norm" else "adam", leaves) for layer, leaves in params.items()},
+    ),
+}
+
+
+@pytest.mark.parametrize("name", MASKED_TRANSFORMS)
+def test_masked_and_partition_state_follows_the_parameter_sharding_not_replicated(name):
+    """Their inner states mirror the params with None where a leaf is masked out; each real leaf gets its param's sharding."""
+    tx, params, grads, p_shard = MASKED_TRANSFORMS[name](), make_params(), make_grads(), param_shardings()
+    s_shard = state_shardings(tx, params, p_shard)
+    params_out, state, hlo = run_sharded(tx, params, grads, p_shard, s_shard)
+    expected_params, _ = run_unsharded(tx, params, grads)
+    assert_trees_close(params_out, expected_params)
+    assert not COLLECTIVES.search(hlo)
+    flat_shardings = {jax.tree_util.keystr(path): s for path, s in jax.tree_util.tree_leaves_with_path(p_shard)}
+    checked = 0
+    for path, leaf in jax.tree_util.tree_leaves_with_path(state):
+        if leaf.ndim == 0:
+            assert leaf.sharding.is_fully_replicated
+            continue
+        # the state leaf's path ends with the param's own path, e.g. ...momentums['dense']['weights']
+        param_path = next(key for key in flat_shardings if jax.tree_util.keystr(path).endswith(key))
+        assert leaf.sharding.is_equivalent_to(flat_shardings[param_path], leaf.ndim), (jax.tree_util.keystr(path), leaf.sharding)
+        checked += 1
+    assert checked >= 3
