@@ -37,8 +37,19 @@ def advance(count: jax.Array | None) -> jax.Array | None:
     return None if count is None else safe_increment(count)
 
 
-def value_at(value: ScalarOrSchedule, count: jax.Array) -> jax.Array:
-    """The hyperparameter's value at step ``count`` (0-based): ``value(count)`` for a schedule."""
+def value_at(value: ScalarOrSchedule, count: jax.Array | None) -> jax.Array:
+    """The hyperparameter's value at step ``count`` (0-based): ``value(count)`` for a schedule.
+
+    Raises ``TypeError`` when the state's counter does not fit: a state made for a constant rate has
+    no counter (``None``) and one made for a schedule has one, so a state from the other kind of
+    optimizer is refused instead of silently restarting or ignoring a schedule.
+    """
+    if callable(value) != (count is not None):
+        made_for, given = ("a constant", "a schedule") if count is None else ("a schedule", "a constant")
+        raise TypeError(
+            f"the optimizer state was made for {made_for} learning rate but this transform has {given}; "
+            "use the state from this transform's own init"
+        )
     return value(count) if callable(value) else value
 
 

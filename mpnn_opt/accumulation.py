@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from mpnn_opt import _checks
 from mpnn_opt._numerics import zero_count
-from mpnn_opt._tree import check_same_structure, tree_map, zeros_like_tree
+from mpnn_opt._tree import as_arrays, check_same_structure, check_state, tree_map, zeros_like_tree
 from mpnn_opt.base import GradientTransformation, OptState, Params
 
 __all__ = ["AccumulateState", "accumulate"]
@@ -35,6 +35,8 @@ def accumulate(inner: GradientTransformation, every_k: int) -> GradientTransform
         return AccumulateState(zero_count(), zeros_like_tree(params, None), inner.init(params))
 
     def update_fn(updates, state, params=None):
+        check_state(state, AccumulateState, "accumulate")
+        updates = as_arrays(updates)
         check_same_structure(state.gradient_sum, updates, expected_name="the accumulated gradients", got_name="updates")
         gradient_sum = tree_map(lambda s, g: s + g.astype(s.dtype), state.gradient_sum, updates)
         micro_step = state.micro_step + 1

@@ -32,8 +32,8 @@ def _norm_parts(leaves: list) -> tuple[jax.Array, jax.Array]:
     Usually ``m = 1`` and ``r = sqrt(sum g^2)``. When that sum overflows (a finite gradient of 1e20
     in float32), ``m = 2^k`` (``k = 5/8`` of the dtype's largest exponent: 80 for float32) and ``r``
     is the norm of ``g / m``, so a huge gradient is clipped along its own direction instead of to
-    zeros. Dividing by a power of two is exact and its reciprocal is a normal number (XLA:CPU may
-    multiply by the reciprocal, and flushes subnormals to 0). The rescaled pass runs only then (a
+    zeros. Dividing by a power of two is exact and its reciprocal is a normal number (XLA:CPU
+    multiplies by the reciprocal, and flushes subnormals to 0). The rescaled pass runs only then (a
     ``lax.cond``).
     The root is :func:`safe_sqrt`, so a derivative taken through clipping is finite at a zero gradient.
     """
@@ -45,7 +45,8 @@ def _norm_parts(leaves: list) -> tuple[jax.Array, jax.Array]:
         return jnp.ones([], dtype), safe_sqrt(sum_of_squares)
 
     def rescaled(_):
-        m = jnp.asarray(2.0 ** (jnp.finfo(dtype).maxexp * 5 // 8), dtype)
+        # the barrier keeps XLA from folding (g / m)^2 into g^2 * (1 / m^2), whose constant flushes to 0
+        m = jax.lax.optimization_barrier(jnp.asarray(2.0 ** (jnp.finfo(dtype).maxexp * 5 // 8), dtype))
         return m, safe_sqrt(sum((jnp.sum(jnp.square(x / m)) for x in wide), jnp.zeros([], dtype)))
 
     if not leaves:

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mpnn_opt._numerics import safe_increment, zero_count
+from mpnn_opt._tree import check_state
 from mpnn_opt.base import GradientTransformation, OptState, Params
 
 __all__ = ["InjectHyperparamsState", "inject_hyperparams", "read_value", "with_hyperparam"]
@@ -112,6 +113,7 @@ def inject_hyperparams(
             return InjectHyperparamsState(count, hyperparams, initial.init(params))
 
         def update_fn(updates, state, params=None):
+            check_state(state, InjectHyperparamsState, f"inject_hyperparams({factory.__name__})")
             hyperparams = values_at(state.count, state.hyperparams)
             inner = factory(**static, **hyperparams)
             updates, inner_state = inner.update(updates, state.inner_state, params)

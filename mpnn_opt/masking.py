@@ -15,8 +15,9 @@ import fnmatch
 from typing import Any, Callable, Mapping, NamedTuple
 
 import jax.numpy as jnp
+import numpy as np
 
-from mpnn_opt._tree import broadcast_mask, key_name, leaves_with_paths, map_with_path, path_str, tree_map
+from mpnn_opt._tree import broadcast_mask, check_state, key_name, leaves_with_paths, map_with_path, path_str, tree_map
 from mpnn_opt.base import GradientTransformation, OptState, Params, init_empty_state
 from mpnn_opt.regularization import Mask
 
@@ -35,11 +36,12 @@ def path_mask(*patterns: str) -> Callable[[Params], Any]:
 
 
 def _static_flags(mask: Mask, params: Params, argument: str) -> Any:
+    """The mask as one Python bool per leaf (it chooses the state's structure, so it must be concrete)."""
     flags = broadcast_mask(mask, params, argument)
-    for path, flag in leaves_with_paths(flags):
-        if flag is not None and not isinstance(flag, bool):
-            raise TypeError(f"{argument} must give a Python bool per leaf; got {type(flag).__name__} at {path_str(path)}")
-    return flags
+    for (path, flag), (_, leaf) in zip(leaves_with_paths(flags), leaves_with_paths(params)):
+        if leaf is not None and not isinstance(flag, (bool, np.bool_)):
+            raise TypeError(f"{argument} must give a Python bool per leaf; got {flag!r} of type {type(flag).__name__} at {path_str(path)}")
+    return tree_map(lambda _, flag: bool(flag), params, flags)
 
 
 def _select(tree: Any, flags: Any, wanted: Any = True) -> Any:
@@ -65,6 +67,7 @@ def masked(inner: GradientTransformation, mask: Mask) -> GradientTransformation:
         return MaskedState(inner.init(_select(params, _static_flags(mask, params, "mask"))))
 
     def update_fn(updates, state, params=None):
+        check_state(state, MaskedState, "masked")
         flags = _static_flags(mask, updates if params is None else params, "mask")
         chosen_params = None if params is None else _select(params, flags)
         new_updates, inner_state = inner.update(_select(updates, flags), state.inner_state, chosen_params)
@@ -95,6 +98,7 @@ def partition(transforms: Mapping[Any, GradientTransformation], labels: Any) -> 
         return PartitionState({label: tx.init(_select(params, tree, label)) for label, tx in transforms.items()})
 
     def update_fn(updates, state, params=None):
+        check_state(state, PartitionState, "partition")
         tree = resolve(updates if params is None else params)
         new_updates, new_states = updates, {}
         for label, tx in transforms.items():

@@ -39,6 +39,7 @@ def skip_non_finite(inner: GradientTransformation) -> GradientTransformation:
         return SkipNonFiniteState(inner.init(params), zero_count(), jnp.asarray(True))
 
     def update_fn(updates, state, params=None):
+        check_state(state, SkipNonFiniteState, "skip_non_finite")
         finite = _all_finite(updates)
         new_updates, new_inner = inner.update(updates, state.inner_state, params)
         pick = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
