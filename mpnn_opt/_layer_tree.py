@@ -8,13 +8,21 @@ layers: one fused loop per buffer, and no per-array cost in the compiled call.
 
 On the host the buffers are 64-byte aligned and kept from step to step, so ``jax.device_put`` wraps
 them without a second copy.
+
+One array in several layers (tied weights) is one parameter with several gradients: :func:`untie`
+keeps its first entry in the layout and schedules the others as later rounds, as the seed updates it
+once per occurrence. :func:`write_back` copies the new values into the layers and commits the
+optimizer's new state, all or nothing, with SIGINT held back.
 """
 
 from __future__ import annotations
 
+import _signal  # signal.signal's own C function: see _SigintHold
 import functools
 import math
-from typing import Any, NamedTuple
+import signal
+import threading
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -121,7 +129,112 @@ def stage(entries: list[Entry], layout: Layout, out: dict[str, np.ndarray], fiel
         np.copyto(out[group][start:stop].reshape(entry.param.shape), getattr(entry, field), casting="same_kind")
 
 
-def unstage(entries: list[Entry], layout: Layout, flats: dict[str, np.ndarray]) -> None:
-    """Copies each span of ``flats`` into its entry's own parameter array, in place."""
+def stage_round(pairs: list[tuple[int, Entry]], layout: Layout) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Fresh group buffers holding each pair's gradient in the span of layout leaf ``index``, and masks of those spans.
+
+    For one round of tied parameters (see :func:`untie`); spans of the other leaves hold zeros and
+    are masked out.
+    """
+    grads = {group: np.zeros(size, layout.dtype) for group, size in layout.sizes.items()}
+    mask = {group: np.zeros(size, bool) for group, size in layout.sizes.items()}
+    for index, entry in pairs:
+        group, start, stop = layout.spans[index]
+        np.copyto(grads[group][start:stop].reshape(entry.param.shape), entry.grad, casting="same_kind")
+        mask[group][start:stop] = True
+    return grads, mask
+
+
+def untie(entries: list[Entry]) -> tuple[list[Entry], list[list[tuple[int, Entry]]]]:
+    """The first entry of each distinct parameter array, and the rounds that apply the other entries.
+
+    ``rounds[r]`` lists ``(index into the first list, entry)`` for every array's ``(r + 2)``-th
+    entry, in layer order: the seed updates a tied array once per layer that holds it, one after the
+    other. Raises ``ValueError`` naming both places when one array is regularized under one name and
+    not under another (its span cannot be in both group buffers).
+    """
+    first: dict[int, int] = {}
+    distinct: list[Entry] = []
+    rounds: list[list[tuple[int, Entry]]] = []
+    seen: dict[int, int] = {}
+    for entry in entries:
+        key = id(entry.param)
+        if key not in first:
+            first[key], seen[key] = len(distinct), 1
+            distinct.append(entry)
+            continue
+        owner = distinct[first[key]]
+        if is_regularized_name(entry.name) != is_regularized_name(owner.name):
+            raise ValueError(
+                f"{entry.where} is the array of {owner.where}, but only one of the two names is regularized; "
+                f"tie arrays under names that are both regularized or both not"
+            )
+        if seen[key] > len(rounds):
+            rounds.append([])
+        rounds[seen[key] - 1].append((first[key], entry))
+        seen[key] += 1
+    return distinct, rounds
+
+
+def write_back(entries: list[Entry], layout: Layout, new: dict[str, np.ndarray], old: dict[str, np.ndarray], commit: Callable[[], Any]) -> None:
+    """Copies each span of ``new`` into its entry's own parameter array, in place, then calls ``commit()``: all or nothing.
+
+    On any exception before ``commit`` has returned, ``KeyboardInterrupt`` included, every entry gets
+    its span of ``old`` (the values it had) back and the exception propagates. SIGINT is held back
+    meanwhile (see :class:`_SigintHold`): a Ctrl-C runs the interrupted handler after the copies,
+    before ``commit``, and when it raises, as the default handler does, the layers are restored and
+    nothing is committed; a second Ctrl-C cannot cut the restoring short.
+    """
+    hold = None
+    try:
+        hold = _SigintHold()
+        try:
+            for entry, (group, start, stop) in zip(entries, layout.spans):
+                np.copyto(entry.param, new[group][start:stop].reshape(entry.param.shape))
+            hold.deliver()
+            commit()
+        except BaseException:
+            restore(entries, layout, old)
+            raise
+    finally:
+        if hold is not None:
+            hold.release()
+
+
+def restore(entries: list[Entry], layout: Layout, old: dict[str, np.ndarray]) -> None:
+    """Copies each span of ``old`` back into its entry's parameter array (by item assignment: not the np.copyto that may just have failed)."""
     for entry, (group, start, stop) in zip(entries, layout.spans):
-        np.copyto(entry.param, flats[group][start:stop].reshape(entry.param.shape))
+        entry.param[...] = old[group][start:stop].reshape(entry.param.shape)
+
+
+class _SigintHold:
+    """Holds SIGINT back while a step writes back and commits; the interrupted handler runs at :meth:`deliver`.
+
+    Only in the main thread (the only one where Python runs signal handlers) and only when the
+    current handler is a Python callable (the default one raises ``KeyboardInterrupt``); otherwise
+    it holds nothing. Uses ``_signal`` directly: ``signal.signal`` converts the handler it returns
+    into an enum member, which takes 5 us a step.
+    """
+
+    def __init__(self) -> None:
+        self.held: list = []  # the frames passed to the handler, one per signal held
+        self.previous: Callable | None = None
+        if threading.current_thread() is threading.main_thread() and callable(_signal.getsignal(signal.SIGINT)):
+            self.previous = _signal.signal(signal.SIGINT, self._hold)
+
+    def _hold(self, signum: int, frame: Any) -> None:
+        self.held.append(frame)
+
+    def deliver(self) -> None:
+        """Runs the interrupted handler once for each signal held so far; it may raise ``KeyboardInterrupt``."""
+        while self.held:
+            self.previous(signal.SIGINT, self.held.pop(0))
+
+    def release(self) -> None:
+        """Puts the interrupted handler back, then runs it for any signal held since the last :meth:`deliver`.
+
+        Such a signal came in the last bytecodes of :func:`write_back`, after ``commit``: its
+        ``KeyboardInterrupt`` propagates with the step applied, as it would just after the step.
+        """
+        if self.previous is not None:
+            _signal.signal(signal.SIGINT, self.previous)
+            self.deliver()

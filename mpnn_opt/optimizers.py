@@ -11,10 +11,13 @@ buffers, ``'regularized'`` and ``'unregularized'``, split by the seed's name rul
 the name contains 'bias', 'beta' or 'gamma'). One jit-compiled call of the alias updates the
 two-leaf tree for the whole model; the new values are then copied into the layers' own arrays
 (``np.copyto``: layers keep their array objects). The optimizer state stays on the JAX device between
-steps, in the same packed layout, and is keyed by name and ``id(param)``. Hyperparameters enter the
-compiled function as traced arguments, so assigning ``optimizer.learning_rate`` (or any other
-hyperparameter) between steps takes effect without recompiling; changing ``regularization``, or the
-set or shapes of the parameters, compiles once more.
+steps, in the same packed layout, for the same parameter arrays (held, and compared by identity).
+The compiled call reads that live state and writes the new state and params into spare buffers of
+the same shapes (last step's state and new params, donated), so outputs reuse memory and the live
+state survives until the step commits; this costs one more copy of the state in memory.
+Hyperparameters enter the compiled function as traced arguments, so assigning
+``optimizer.learning_rate`` (or any other hyperparameter) between steps takes effect without
+recompiling; changing ``regularization``, or the set or shapes of the parameters, compiles once more.
 
 Importing this module (``import mpnn_opt`` alone does not) sets ``jax_cpu_enable_async_dispatch`` to
 False unless the environment variable ``JAX_CPU_ENABLE_ASYNC_DISPATCH`` is set: ``step`` waits for
@@ -22,20 +25,49 @@ its result, so asynchronous dispatch would only add two thread hand-offs (35-45 
 takes effect only if JAX has not yet started its CPU backend. Models whose buffers are under 2^20
 floats compile with :func:`mpnn_opt.cpu_compiler_options` (no thread splitting of their loops).
 
+Guarantees (the seed gives none of them):
+
+* all or nothing: when ``step`` raises, whatever the cause (a bad gradient, a failed update, any
+  exception or ``KeyboardInterrupt`` before, during or after the compiled call or while the new
+  values are copied into the layers), no layer, no state and not ``t`` has changed, and the next
+  ``step`` continues bit for bit as if the failed one had never been called. The layers are written
+  first, then state and ``t`` are committed in one assignment; meanwhile SIGINT is held back (main
+  thread): a Ctrl-C there restores the layers and raises, and a second one cannot cut that short. A
+  ``KeyboardInterrupt`` arriving in the few bytecodes after the commit surfaces with the step
+  applied, as it would just after ``step`` returned;
+* threads: one optimizer may serve several threads and models; ``step``, reading ``params`` and
+  assigning a hyperparameter take a lock and run one at a time;
+* reused ids: CPython gives a new array the ``id`` of a freed one. ``params`` keeps the seed's dicts
+  keyed by ``id(param)``, but an entry this optimizer wrote for an array that has since been freed is
+  dropped from them and never handed to a new array with the same id (the seed hands it the freed
+  array's state); entries written by others (``restore_model_weights``, the user) are used as found;
+* float64 parameters are updated in float64 (the compiled call runs under ``jax.enable_x64`` for
+  that call only), with float32 state as the seed keeps it;
+* one array held by several layers (tied weights) is updated once per layer, in layer order, sharing
+  one state entry and one ``t``, as in the seed;
+* hyperparameters are checked at construction and at every assignment: strings, booleans, None,
+  NaN, infinities, arrays with elements and out-of-range values raise ``TypeError`` / ``ValueError``
+  naming the attribute and the value, and the attribute keeps its old value (the seed checks
+  nothing). Python and NumPy scalars and 0-d NumPy/JAX arrays are accepted and kept as Python numbers;
+  Adam's ``t`` must be an integer >= 0.
+
 Differences from mpneuralnetwork 1.1.1:
 
 * the gradients are left untouched (the seed adds the regularization term into them in place);
 * ``regularization=None`` turns regularization off (in the seed only ``weight_decay=0`` does; its
-  SGD and RMSprop treat anything but ``'L2'`` as L1);
-* all or nothing: a bad gradient (wrong shape, non-float dtype) or any failure raises an error naming
-  the layer and parameter, and no layer has changed (the seed stops half-way through the layers);
-* hyperparameters are float32 inside the update (the seed's scalars are float64 until they meet a
-  float32 array); results agree to float32 rounding;
+  SGD and RMSprop treat anything but ``'L2'`` as L1). :meth:`Optimizer.from_seed` maps a seed
+  optimizer's setting to the mode the seed applies, so a converted optimizer continues as the seed;
+* errors name the layer and parameter (the seed stops half-way through the layers);
+* hyperparameters are float32 inside the update of a float32 model (the seed's scalars are float64
+  until they meet a float32 array); results agree to float32 rounding. Adam's bias correction is
+  float32 and its step count saturates at 2**31 - 1 inside the update, where ``1 - beta**t`` has long
+  been 1.0 (``t`` itself keeps counting);
 * ``params`` returns the same dicts every time, keyed by ``id(param)`` as in the seed, and reading it
   fills them from the device state; what is written into them (``restore_model_weights``) is used by
   the next step. But a step does not write into arrays handed out earlier, as the seed's in-place
   updates do: read ``params`` again after a step;
 * every parameter must have the same floating dtype (mpneuralnetwork uses float32 throughout);
+* the base class ``Optimizer`` is usable as the seed's: its ``step`` does nothing, ``params`` is empty;
 * ``Model.train(model_checkpoint=True)`` resets the seed Adam's ``t`` when it restores the best
   weights, because it tests ``isinstance(optimizer, mpneuralnetwork.optimizers.Adam)``; ours keeps
   counting. ``serialization.load_model`` rebuilds the seed's class of the same name: use
@@ -45,9 +77,15 @@ Differences from mpneuralnetwork 1.1.1:
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
+import math
+import numbers
+import operator
 import os
-from typing import Any, Callable
+import threading
+import weakref
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -71,14 +109,31 @@ if "JAX_CPU_ENABLE_ASYNC_DISPATCH" not in os.environ:
 # How many times each compiled update has been traced, keyed by (alias name, regularization).
 TRACE_COUNTS: collections.Counter = collections.Counter()
 
+# The seed keeps every state array in its DTYPE, float32, whatever the parameter's dtype.
+STATE_DTYPE = np.float32
+
+# The largest step count jit takes as an int32: 1 - beta**t has been 1.0 in float32 for long by then.
+_COUNT_LIMIT = 2**31 - 1
+
+# float32 models run under the process's own x64 setting; float64 ones under jax.enable_x64(True)
+_AS_CONFIGURED = contextlib.nullcontext()
+
 
 def _fill(state: Any, slots: dict, count: Any) -> Any:
-    """``state`` with every named-tuple field named in ``slots`` replaced, and every ``count`` set."""
+    """``state`` with every named-tuple field named in ``slots`` replaced, and every ``count`` that is kept set.
+
+    A block with a constant learning rate keeps no counter (its ``count`` is None) and keeps none here.
+    """
     if isinstance(state, tuple) and hasattr(state, "_fields"):
         fields = {}
         for field in state._fields:
             value = getattr(state, field)
-            fields[field] = slots[field] if field in slots else count if field == "count" else _fill(value, slots, count)
+            if field in slots:
+                fields[field] = slots[field]
+            elif field == "count" and value is not None:
+                fields[field] = count
+            else:
+                fields[field] = _fill(value, slots, count)
         return type(state)(**fields)
     if isinstance(state, tuple):
         return tuple(_fill(inner, slots, count) for inner in state)
@@ -96,6 +151,14 @@ def _slots_of(state: Any, names: tuple[str, ...]) -> dict:
     return found
 
 
+def _update_tree(alias: Callable, regularization: str | None, slot_names: tuple, hyper_names: tuple, params, grads, slots, count, hyper):
+    """The alias's update of the packed tree, built from the traced hyperparameters: ``(new slots, new params)``."""
+    values = {name: hyper[index] for index, name in enumerate(hyper_names)}
+    transform = alias(regularization=regularization, mask=_layer_tree.GROUP_MASK, state_dtype=STATE_DTYPE, **values)
+    updates, new_state = transform.update(grads, _fill(transform.init(params), slots, count), params)
+    return _slots_of(new_state, slot_names), apply_updates(params, updates)
+
+
 @functools.lru_cache(maxsize=None)
 def _compiled_update(
     alias: Callable,
@@ -104,35 +167,107 @@ def _compiled_update(
     hyper_names: tuple[str, ...],
     compiler_options: tuple[tuple[str, str], ...],
 ) -> Callable:
-    """One jitted ``(params, grads, slots, scratch, count, hyper) -> (new_slots, new_params)`` per alias and mode.
+    """One jitted ``(params, grads, slots, scratch_params, scratch_slots, count, hyper) -> (new_params, new_slots)`` per alias and mode.
 
     ``params`` and ``grads`` are ``{'regularized': flat, 'unregularized': flat}`` trees, ``slots``
     maps each state name to such a tree, ``hyper`` is one vector of the ``hyper_names`` values (one
     argument to transfer instead of one per value). The alias is built inside the traced function
-    from the traced values, so new hyperparameter values reuse the compiled code. ``slots`` and
-    ``scratch`` (last step's new params, already copied out) are donated: the outputs reuse their memory.
-    ``compiler_options`` (:func:`mpnn_opt.cpu_compiler_options` of the buffers) keep XLA:CPU from
-    splitting a small model's loops across threads.
+    from the traced values, so new hyperparameter values reuse the compiled code.
+    ``scratch_params`` and ``scratch_slots`` are buffers of the same shapes whose values are no
+    longer needed (last step's new params, already copied out, and last step's state, replaced by
+    this step's): they are donated, so the outputs reuse their memory, while ``slots``, the live
+    state, stays intact until the step commits. ``compiler_options``
+    (:func:`mpnn_opt.cpu_compiler_options` of the buffers) keep XLA:CPU from splitting a small
+    model's loops across threads.
     """
 
-    def update(params, grads, slots, scratch, count, hyper):
-        del scratch  # donated only, so that the new params reuse its memory instead of fresh pages
+    def update(params, grads, slots, scratch_params, scratch_slots, count, hyper):
+        del scratch_params, scratch_slots  # donated only, so that the outputs reuse their memory instead of fresh pages
         TRACE_COUNTS[(alias.__name__, regularization)] += 1
-        values = {name: hyper[index] for index, name in enumerate(hyper_names)}
-        transform = alias(regularization=regularization, mask=_layer_tree.GROUP_MASK, **values)
-        updates, new_state = transform.update(grads, _fill(transform.init(params), slots, count), params)
-        # outputs in the order of the donated inputs (slots, then scratch), so that each output takes its own
-        # input's buffer: jit pairs donations with outputs by position and shape (the other order cost Adam two copies)
-        return _slots_of(new_state, slot_names), apply_updates(params, updates)
+        new_slots, new_params = _update_tree(alias, regularization, slot_names, hyper_names, params, grads, slots, count, hyper)
+        # outputs in the order of the donated inputs (params, then slots), so that each output takes its own
+        # input's buffer: jit pairs donations with outputs by position and shape (another order cost Adam two copies)
+        return new_params, new_slots
 
-    return jax.jit(update, donate_argnums=(2, 3), keep_unused=True, compiler_options=dict(compiler_options))
+    return jax.jit(update, donate_argnums=(3, 4), keep_unused=True, compiler_options=dict(compiler_options))
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_tied_update(alias: Callable, regularization: str | None, slot_names: tuple[str, ...], hyper_names: tuple[str, ...]) -> Callable:
+    """One jitted ``(params, grads, slots, count, hyper, mask) -> (new_params, new_slots)`` for one round of tied parameters.
+
+    As :func:`_compiled_update`, but only the spans marked in ``mask`` (a boolean tree like
+    ``params``) change; nothing is donated. Used only for models with tied weights.
+    """
+
+    def update(params, grads, slots, count, hyper, mask):
+        TRACE_COUNTS[(alias.__name__, regularization)] += 1
+        new_slots, new_params = _update_tree(alias, regularization, slot_names, hyper_names, params, grads, slots, count, hyper)
+
+        def masked(new: dict, old: dict) -> dict:
+            return {group: jnp.where(mask[group], new[group], old[group]) for group in new}
+
+        return masked(new_params, params), {name: masked(new_slots[name], slots[name]) for name in slot_names}
+
+    return jax.jit(update)
+
+
+class _DeviceState(NamedTuple):
+    """The optimizer state on the device, for the parameter arrays ``params``, packed in ``layout``."""
+
+    layout: _layer_tree.Layout
+    ids: tuple[int, ...]  # id() of each array in params: compared at every step
+    params: tuple[np.ndarray, ...]  # held, so that no other array can take one of these ids while this state lives
+    slots: dict[str, dict[str, jax.Array]]
+
+
+class _Scratch(NamedTuple):
+    """Device buffers shaped like a layout's params and state whose values are no longer needed: the next update's outputs."""
+
+    key: tuple  # (dtype, group sizes)
+    params: dict[str, jax.Array]
+    slots: dict[str, dict[str, jax.Array]]
+
+
+def _real_number(where: str, value: Any) -> int | float:
+    """``value`` as a Python int or float, if it is a real number: Python, NumPy, or a 0-d NumPy or JAX array.
+
+    Raises ``TypeError`` for anything else (strings, booleans, None, arrays with elements) and
+    ``ValueError`` for NaN and infinities, naming ``where`` and the value.
+    """
+    is_array = isinstance(value, (np.ndarray, jax.Array))
+    if isinstance(value, (bool, np.bool_)) or not (
+        isinstance(value, numbers.Real) or (is_array and value.shape == () and value.dtype.kind in "fiu")
+    ):
+        raise TypeError(f"{where} must be a real number, got {value!r} of type {type(value).__name__}")
+    try:
+        finite = math.isfinite(float(value))
+    except OverflowError:
+        finite = False
+    if not finite:
+        raise ValueError(f"{where} must be a finite number, got {value!r}")
+    return value if type(value) in (int, float) else float(value)
+
+
+def _step_count(where: str, value: Any) -> int:
+    """``value`` as a Python int, if it is a non-negative integer (Python, NumPy or 0-d array); raises naming ``where`` otherwise."""
+    try:
+        count = operator.index(value) if not isinstance(value, (bool, np.bool_)) else None
+    except TypeError:
+        count = None
+    if count is None:
+        raise TypeError(f"{where} must be an integer (the number of steps taken), got {value!r} of type {type(value).__name__}")
+    if count < 0:
+        raise ValueError(f"{where} must be >= 0, got {value!r}")
+    return count
 
 
 class Optimizer:
     """The seed's ``Optimizer`` base: holds ``learning_rate``, ``regularization``, ``weight_decay``.
 
     Subclasses name their functional alias, their per-parameter state (the seed's names) and their
-    hyperparameters; ``step`` is shared. The base class itself has no update rule.
+    hyperparameters; ``step`` is shared. The base class itself has no update rule: as in the seed,
+    its ``step`` does nothing and its ``params`` is empty.
     """
 
     _alias: Callable | None = None
@@ -140,74 +275,137 @@ class Optimizer:
     _hyperparameters: tuple[str, ...] = ("learning_rate", "weight_decay")
     _counts_steps = False
 
-    def __init__(self, learning_rate: float, regularization: str | None, weight_decay: float) -> None:
-        self.learning_rate = learning_rate
-        self.regularization = regularization
-        self.weight_decay = weight_decay
+    def __init__(self, learning_rate: float, regularization: str | None, weight_decay: float, **hyperparameters: float) -> None:
+        settings = {"learning_rate": learning_rate, "regularization": regularization, "weight_decay": weight_decay, **hyperparameters}
+        checked = {name: self._checked(name, value) for name, value in settings.items()}
+        self._check_together(checked)
+        vars(self).update(checked)
+        if self._counts_steps:
+            vars(self)["t"] = 0
+        self._lock = threading.RLock()  # one step, params read or setting at a time
         self._slots: dict[str, dict[int, Any]] = {name: {} for name in self._slot_names}
-        self._validated: tuple | None = None
-        self._device: tuple | None = None  # ((layout, param ids), {slot name: flat jax array})
+        self._written: dict[tuple[str, int], tuple[weakref.ref, weakref.ref]] = {}  # (slot, id) -> (param, value) we wrote
+        self._device: _DeviceState | None = None
+        self._scratch: _Scratch | None = None
         self._host: tuple | None = None  # ((dtype, group sizes), params buffers, grads buffers, compiler options)
-        self._last_params: dict | None = None  # last step's new params on device, donated next step
-        self._validate()
+
+    # --- settings ---------------------------------------------------------------------------------
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Assigning a setting (a constructor argument, or Adam's ``t``) checks the value first.
+
+        A refused value raises ``TypeError`` / ``ValueError`` naming the attribute and the value, and
+        the attribute keeps its old value. A NumPy or JAX scalar is kept as a Python float.
+        """
+        if name.startswith("_") or name not in self._setting_names():  # internal names first: they are set every step
+            object.__setattr__(self, name, value)
+            return
+        with self._lock:
+            value = self._checked(name, value)
+            if name != "t":
+                self._check_together({**{key: getattr(self, key) for key in self._config_names()}, name: value})
+            object.__setattr__(self, name, value)
+
+    @classmethod
+    def _setting_names(cls) -> tuple[str, ...]:
+        return (*cls._config_names(), "t") if cls._counts_steps else cls._config_names()
+
+    def _checked(self, name: str, value: Any) -> Any:
+        """``value`` for setting ``name`` on its own: a mode, a step count or a real number."""
+        where = f"{type(self).__name__}.{name}"
+        if name == "regularization":
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"{where} must be 'L1', 'L2' or None, got {value!r} of type {type(value).__name__}")
+            _checks.regularization(value)
+            return value
+        if name == "t":
+            return _step_count(where, value)
+        return _real_number(where, value)
+
+    def _check_together(self, settings: dict) -> None:
+        """Builds the alias from ``settings``, so that out-of-range values raise naming the argument."""
+        if self._alias is not None:
+            type(self)._alias(regularization=settings["regularization"], **{name: settings[name] for name in self._hyperparameters})
 
     def _hyper(self, dtype: Any) -> np.ndarray:
         """The hyperparameters as one vector (float64 for float64 params, else float32): one traced signature."""
         return np.array([float(getattr(self, name)) for name in self._hyperparameters], np.float64 if dtype == "float64" else np.float32)
 
-    def _validate(self) -> None:
-        """Builds the alias once from the current values, so bad ones raise naming the argument."""
-        values = {name: getattr(self, name) for name in self._hyperparameters}
-        key = (self.regularization, *values.values())
-        if key == self._validated:
-            return
-        _checks.regularization(self.regularization)
-        if self._alias is not None:
-            type(self)._alias(regularization=self.regularization, **values)
-        self._validated = key
+    # --- the step ---------------------------------------------------------------------------------
 
     def step(self, layers: list) -> None:
         """Updates every parameter of ``layers`` in place from the gradients the layers hold.
 
-        Layers without ``params`` are skipped. A parameter not seen before starts from zero state.
-        Raises ``TypeError`` / ``ValueError`` / ``RuntimeError`` naming the layer and parameter, with
-        no layer changed, when a gradient or the update is bad.
+        Layers without ``params`` are skipped. A parameter not seen before starts from zero state;
+        an array held by several layers (tied weights) is updated once per layer, in layer order, as
+        in the seed. All or nothing: when ``step`` raises (a bad gradient, a failed update, a
+        ``KeyboardInterrupt``), no layer, no state and not ``t`` has changed. Errors name the layer
+        and parameter. Safe to call from several threads: one step runs at a time.
         """
         if self._alias is None:
-            raise NotImplementedError("Optimizer is the base class: use SGD, RMSprop or Adam")
-        self._validate()
-        entries = _layer_tree.gather(layers)
-        count = getattr(self, "t", 0)
-        if entries:
+            return  # the seed's base class has no update rule: its step does nothing
+        with self._lock:
+            entries = _layer_tree.gather(layers)
+            count = self.t if self._counts_steps else 0
+            committed: dict[str, Any] = {"t": count + 1} if self._counts_steps else {}
+            if not entries:
+                vars(self).update(committed)  # the seed's Adam counts a step without parameters too
+                return
+            ids = tuple(id(entry.param) for entry in entries)
+            rounds: list = []
+            if len(set(ids)) < len(ids):
+                entries, rounds = _layer_tree.untie(entries)
+                ids = tuple(id(entry.param) for entry in entries)
             layout = _layer_tree.Layout.of(entries)
-            new_params = self._compute(entries, layout, count)
-            _layer_tree.unstage(entries, layout, new_params)
-        if self._counts_steps:
-            self.t = count + 1
+            with jax.enable_x64(True) if layout.dtype == "float64" else _AS_CONFIGURED:
+                new_params, old_params, device, scratch = self._compute(entries, rounds, layout, ids, min(count, _COUNT_LIMIT))
+            committed.update(_device=device, _scratch=scratch)
+            # the commit is one C call: no signal handler or exception can run half-way through it
+            _layer_tree.write_back(entries, layout, new_params, old_params, functools.partial(vars(self).update, committed))
 
-    def _compute(self, entries: list, layout: _layer_tree.Layout, count: int) -> dict[str, np.ndarray]:
-        """Runs the compiled update; returns the new parameters as flat host arrays. Changes no layer."""
-        slots = self._device_slots(entries, layout)
+    def _compute(self, entries: list, rounds: list, layout: _layer_tree.Layout, ids: tuple, count: int) -> tuple:
+        """Runs the compiled update: ``(new params, old params, new device state, next scratch)``, params as flat host arrays.
+
+        Changes no layer and no state: the live state is an input only, and the outputs go to the
+        donated scratch buffers (taken from ``self``; a failed step leaves fresh ones to the next).
+        """
+        live = self._live_state(entries, layout, ids)
         params, grads, options = self._staging(layout)
         _layer_tree.stage(entries, layout, params, "param")
-        _layer_tree.stage(entries, layout, grads, "grad")
-        update = _compiled_update(type(self)._alias, self.regularization, self._slot_names, self._hyperparameters, options)
+        hyper = self._hyper(layout.dtype)
+        if not rounds:
+            _layer_tree.stage(entries, layout, grads, "grad")
+            scratch = self._take_scratch(layout)
         try:
-            new_slots, new_params = update(params, grads, slots, self._scratch(layout), count, self._hyper(layout.dtype))
+            if rounds:
+                new_params, new_slots = self._tied_update(entries, rounds, layout, params, live.slots, count, hyper)
+            else:
+                update = _compiled_update(type(self)._alias, self.regularization, self._slot_names, self._hyperparameters, options)
+                new_params, new_slots = update(params, grads, live.slots, scratch.params, scratch.slots, count, hyper)
             host = {group: np.asarray(flat) for group, flat in new_params.items()}
         except Exception as error:
-            if any(flat.is_deleted() for flat in jax.tree.leaves(slots)):
-                self._device = None
             raise RuntimeError(f"{type(self).__name__}.step failed and changed no layer: {error}") from error
-        self._device = ((layout, tuple(id(entry.param) for entry in entries)), new_slots)
-        self._last_params = new_params
-        return host
+        next_scratch = None if rounds else _Scratch(scratch.key, new_params, live.slots)
+        return host, params, _DeviceState(live.layout, live.ids, live.params, new_slots), next_scratch
 
-    def _scratch(self, layout: _layer_tree.Layout) -> dict[str, jax.Array]:
-        """Last step's new params (their values are in the layers by now), or fresh buffers."""
-        scratch, self._last_params = self._last_params, None
-        if scratch is None or {group: flat.shape[0] for group, flat in scratch.items()} != layout.sizes:
-            scratch = {group: jnp.zeros(size, layout.dtype) for group, size in layout.sizes.items()}
+    def _tied_update(self, entries: list, rounds: list, layout: _layer_tree.Layout, params: dict, slots: dict, count: int, hyper: np.ndarray) -> tuple:
+        """Applies each array's first entry, then each later round of tied entries, each round from the last one's results."""
+        update = _compiled_tied_update(type(self)._alias, self.regularization, self._slot_names, self._hyperparameters)
+        for pairs in [list(enumerate(entries)), *rounds]:
+            grads, mask = _layer_tree.stage_round(pairs, layout)
+            params, slots = update(params, grads, slots, count, hyper, mask)
+        return params, slots
+
+    # --- buffers and state ------------------------------------------------------------------------
+
+    def _take_scratch(self, layout: _layer_tree.Layout) -> _Scratch:
+        """Last step's spare buffers (taken: a failed update consumes them), or fresh ones for a new layout."""
+        scratch, self._scratch = self._scratch, None
+        key = (layout.dtype, layout.sizes)
+        if scratch is None or scratch.key != key:
+            params = {group: jnp.zeros(size, layout.dtype) for group, size in layout.sizes.items()}
+            slots = {name: {group: jnp.zeros(size, STATE_DTYPE) for group, size in layout.sizes.items()} for name in self._slot_names}
+            scratch = _Scratch(key, params, slots)
         return scratch
 
     def _staging(self, layout: _layer_tree.Layout) -> tuple[dict, dict, tuple]:
@@ -217,37 +415,67 @@ class Optimizer:
             self._host = ((layout.dtype, layout.sizes), params, grads, tuple(sorted(cpu_compiler_options(params).items())))
         return self._host[1:]
 
-    def _device_slots(self, entries: list, layout: _layer_tree.Layout) -> dict[str, dict[str, jax.Array]]:
-        """The state as flat device buffers in ``layout``'s order: last step's, or rebuilt from ``params``."""
-        key = (layout, tuple(id(entry.param) for entry in entries))
-        if self._device is not None and self._device[0] == key:
-            return self._device[1]
+    def _live_state(self, entries: list, layout: _layer_tree.Layout, ids: tuple) -> _DeviceState:
+        """The state for these arrays on the device: last step's, or rebuilt from ``params`` (not yet committed)."""
+        device = self._device
+        if device is not None and device.ids == ids and device.layout == layout:
+            return device
         self._materialize()
-        slots = {}
-        for name in self._slot_names:
-            host = {group: np.zeros(size, layout.dtype) for group, size in layout.sizes.items()}
-            for entry, (group, start, stop) in zip(entries, layout.spans):
-                value = self._slots[name].get(id(entry.param))
-                if value is not None and np.shape(value) != entry.param.shape:
-                    raise ValueError(
-                        f"{entry.where}: the optimizer state {name!r} has shape {np.shape(value)}, "
-                        f"but the parameter has shape {entry.param.shape}"
-                    )
-                if value is not None:
-                    host[group][start:stop] = np.ravel(value)
-            slots[name] = {group: jnp.array(flat, copy=True) for group, flat in host.items()}
-        return slots
+        slots = {name: self._upload(name, entries, layout) for name in self._slot_names}
+        return _DeviceState(layout, ids, tuple(entry.param for entry in entries), slots)
+
+    def _upload(self, name: str, entries: list, layout: _layer_tree.Layout) -> dict[str, jax.Array]:
+        """The ``params[name]`` entries of ``entries``' arrays as flat device buffers in ``layout``'s order (zeros where none)."""
+        host = {group: np.zeros(size, STATE_DTYPE) for group, size in layout.sizes.items()}
+        for entry, (group, start, stop) in zip(entries, layout.spans):
+            value = self._state_for(name, entry.param)
+            if value is not None and np.shape(value) != entry.param.shape:
+                raise ValueError(
+                    f"{entry.where}: the optimizer state {name!r} has shape {np.shape(value)}, "
+                    f"but the parameter has shape {entry.param.shape}"
+                )
+            if value is not None:
+                host[group][start:stop] = np.ravel(value)
+        return {group: jnp.array(flat, copy=True) for group, flat in host.items()}
+
+    def _state_for(self, name: str, param: np.ndarray) -> Any:
+        """``params[name]``'s entry for ``param``, or None when there is none or it belongs to a freed array.
+
+        CPython gives a new array the id of a freed one; an entry this optimizer wrote for an array
+        that has since been freed is not handed to the new array (the seed would). Entries written by
+        others (``restore_model_weights``, ``from_seed``, the user) are used as they are.
+        """
+        value = self._slots[name].get(id(param))
+        written = self._written.get((name, id(param)))
+        if value is not None and written is not None and written[1]() is value and written[0]() is not param:
+            return None
+        return value
 
     def _materialize(self) -> None:
-        """Moves the device state into the ``params`` dicts as writable NumPy arrays."""
-        if self._device is None:
+        """Moves the device state into the ``params`` dicts as writable NumPy arrays, noting which array each is for."""
+        device = self._device
+        if device is None:
             return
-        (layout, ids), slots = self._device
-        for name, flats in slots.items():
+        for name, flats in device.slots.items():
             host = {group: np.array(flat) for group, flat in flats.items()}
-            for param_id, (_, _, shape), (group, start, stop) in zip(ids, layout.leaves, layout.spans):
-                self._slots[name][param_id] = host[group][start:stop].reshape(shape)
+            for param, (_, _, shape), (group, start, stop) in zip(device.params, device.layout.leaves, device.layout.spans):
+                value = host[group][start:stop].reshape(shape)
+                self._slots[name][id(param)] = value
+                self._written[(name, id(param))] = (weakref.ref(param), weakref.ref(value))
         self._device = None
+        self._forget_freed()
+
+    def _forget_freed(self) -> None:
+        """Drops the entries this optimizer wrote for arrays that have since been freed (see :meth:`_state_for`)."""
+        for (name, param_id), (param_ref, value_ref) in list(self._written.items()):
+            if param_ref() is not None:
+                continue
+            value = self._slots[name].get(param_id)
+            if value is not None and value_ref() is value:
+                del self._slots[name][param_id]
+            del self._written[(name, param_id)]
+
+    # --- the seed's surface -----------------------------------------------------------------------
 
     def get_config(self) -> dict:
         """The constructor's arguments and ``"type"`` (the class name, which ``load_model`` looks up)."""
@@ -275,22 +503,33 @@ class Optimizer:
         """The state under the seed's names, as live dicts ``{id(param): writable NumPy array}``.
 
         ``serialization`` reads these and ``restore_model_weights`` writes into them; the next
-        ``step`` uses what it finds there.
+        ``step`` uses what it finds there. Entries for arrays that have been freed are dropped.
         """
-        self._materialize()
-        return ({"t": self.t} if self._counts_steps else {}) | self._slots
+        with self._lock:
+            self._materialize()
+            self._forget_freed()
+            return ({"t": self.t} if self._counts_steps else {}) | self._slots
+
+    @staticmethod
+    def _seed_regularization(value: Any) -> str | None:
+        """Our mode for a seed optimizer's ``regularization``: the seed's SGD and RMSprop apply L1 for anything but 'L2'."""
+        return "L2" if value == "L2" else "L1"
 
     @classmethod
     def from_seed(cls, seed_optimizer: Any) -> "Optimizer":
         """Ours, with the settings and state (copied) of an mpneuralnetwork optimizer of the same class.
 
-        For a model from ``serialization.load_model``:
-        ``model.optimizer = Adam.from_seed(model.optimizer)``.
+        Continues exactly as the seed optimizer would: its ``regularization`` becomes the mode the
+        seed applies (its SGD and RMSprop apply L1 for anything but 'L2', None included; its Adam
+        applies nothing for anything but 'L1' and 'L2'). For a model from
+        ``serialization.load_model``: ``model.optimizer = Adam.from_seed(model.optimizer)``.
         """
         config = dict(seed_optimizer.get_config())
         kind = config.pop("type")
         if kind != cls.__name__:
             raise TypeError(f"{cls.__name__}.from_seed: got a {kind} optimizer")
+        if cls._alias is not None:
+            config["regularization"] = cls._seed_regularization(config["regularization"])
         optimizer = cls(**config)
         for name, value in seed_optimizer.params.items():
             if isinstance(value, dict):
@@ -313,8 +552,7 @@ class SGD(Optimizer):
     def __init__(
         self, learning_rate: float = 0.01, regularization: str | None = "L2", weight_decay: float = 0.001, momentum: float = 0.1
     ) -> None:
-        self.momentum = momentum
-        super().__init__(learning_rate, regularization, weight_decay)
+        super().__init__(learning_rate, regularization, weight_decay, momentum=momentum)
 
     @property
     def velocities(self) -> dict:
@@ -340,9 +578,7 @@ class RMSprop(Optimizer):
         decay_rate: float = 0.9,
         epsilon: float = 1e-8,
     ) -> None:
-        self.decay_rate = decay_rate
-        self.epsilon = epsilon
-        super().__init__(learning_rate, regularization, weight_decay)
+        super().__init__(learning_rate, regularization, weight_decay, decay_rate=decay_rate, epsilon=epsilon)
 
     @property
     def cache(self) -> dict:
@@ -361,6 +597,11 @@ class Adam(Optimizer):
     _hyperparameters = ("learning_rate", "weight_decay", "beta1", "beta2", "epsilon")
     _counts_steps = True
 
+    @staticmethod
+    def _seed_regularization(value: Any) -> str | None:
+        """The seed's Adam applies L1 for 'L1', decoupled decay for 'L2', and nothing for anything else."""
+        return value if value in ("L1", "L2") else None
+
     def __init__(
         self,
         learning_rate: float = 0.001,
@@ -370,11 +611,7 @@ class Adam(Optimizer):
         beta2: float = 0.999,
         epsilon: float = 1e-8,
     ) -> None:
-        self.beta1 = beta1
-        self.beta2 = beta2
-        self.epsilon = epsilon
-        self.t = 0
-        super().__init__(learning_rate, regularization, weight_decay)
+        super().__init__(learning_rate, regularization, weight_decay, beta1=beta1, beta2=beta2, epsilon=epsilon)
 
     @property
     def momentums(self) -> dict:

@@ -193,14 +193,14 @@ def test_changing_hyperparameters_between_steps_takes_effect_without_recompiling
     assert sum(ours.TRACE_COUNTS.values()) == traces_before
 
 
-def test_an_invalid_value_set_between_steps_raises_naming_it_and_changes_nothing(rng):
+def test_an_invalid_value_set_between_steps_raises_at_assignment_naming_it_and_changes_nothing(rng):
     params, grads = random_tree(rng), random_tree(rng)
-    optimizer = ours.SGD()
-    optimizer.learning_rate = -0.1
-    before = {k: {n: p.copy() for n, p in v.items()} for k, v in params.items()}
+    optimizer, seed_optimizer = ours.SGD(), seed.SGD()
     with pytest.raises(ValueError, match="learning_rate"):
-        optimizer.step([SeedLayer(params[k], grads[k]) for k in params])
-    assert all(np.array_equal(params[k][n], before[k][n]) for k in params for n in params[k])
+        optimizer.learning_rate = -0.1
+    assert optimizer.learning_rate == 0.01
+    got, expected = _run_both(optimizer, seed_optimizer, params, [grads], {})
+    assert _tree_error(got, expected) <= 1e-6
 
 
 @pytest.mark.parametrize("name", CLASSES)
@@ -361,20 +361,23 @@ def test_legacy_example_trains_an_mpneuralnetwork_model_and_prints_each_epoch(ca
 
 
 @pytest.mark.parametrize("name", CLASSES)
-def test_step_donates_last_steps_params_and_state_so_outputs_reuse_their_memory(name, rng):
-    # a donated-but-unused argument is pruned by jit unless keep_unused=True; then its memory is not reused
+def test_step_donates_spare_buffers_not_the_live_state_and_outputs_reuse_their_memory(name, rng):
+    # the live state is an input only (an interrupted step must leave it intact); the outputs go to last step's
+    # new params (already copied into the layers) and last step's state (replaced by this step's), both donated.
+    # A donated-but-unused argument is pruned by jit unless keep_unused=True; then its memory is not reused
     optimizer = getattr(ours, name)()
     params = {"weights": rng.standard_normal((4, 3)).astype(np.float32), "bias": np.zeros(3, np.float32)}
     layers = [SeedLayer(params, {k: np.ones_like(v) for k, v in params.items()})]
     optimizer.step(layers)
-    previous_params, previous_state = optimizer._last_params, optimizer._device[1]
-    addresses = jax.tree.map(lambda buffer: buffer.unsafe_buffer_pointer(), (previous_params, previous_state))
+    spare, live = optimizer._scratch, optimizer._device.slots
+    addresses = jax.tree.map(lambda buffer: buffer.unsafe_buffer_pointer(), (spare.params, spare.slots))
     optimizer.step(layers)
-    assert all(buffer.is_deleted() for buffer in previous_params.values())
-    assert all(buffer.is_deleted() for tree in previous_state.values() for buffer in tree.values())
-    # each output lands in its own donated input (new momentums where the old momentums were, ...):
+    assert all(buffer.is_deleted() for buffer in jax.tree.leaves((spare.params, spare.slots)))
+    assert not any(buffer.is_deleted() for buffer in jax.tree.leaves(live))
+    assert optimizer._scratch.slots is live  # this step's old state is the next step's spare
+    # each output lands in its own donated input (new momentums where the spare momentums were, ...):
     # paired otherwise, XLA must copy buffers around to avoid overwriting what it still reads
-    now = jax.tree.map(lambda buffer: buffer.unsafe_buffer_pointer(), (optimizer._last_params, optimizer._device[1]))
+    now = jax.tree.map(lambda buffer: buffer.unsafe_buffer_pointer(), (optimizer._scratch.params, optimizer._device.slots))
     assert now == addresses
 
 
@@ -406,5 +409,7 @@ def test_step_on_a_small_model_compiles_without_thread_splitting(rng):
     (_, sizes), host_params, host_grads, options = optimizer._host
     assert dict(options) == {"xla_disable_hlo_passes": "cpu-parallel-task-assigner"}
     update = ours._compiled_update(ours.Adam._alias, "L2", ours.Adam._slot_names, ours.Adam._hyperparameters, options)
-    text = update.lower(host_params, host_grads, *optimizer._device[1:], optimizer._last_params, 1, optimizer._hyper("float32")).compile().as_text()
+    scratch = optimizer._scratch
+    arguments = (host_params, host_grads, optimizer._device.slots, scratch.params, scratch.slots, 1, optimizer._hyper("float32"))
+    text = update.lower(*arguments).compile().as_text()
     assert "outer_dimension_partitions" not in text
