@@ -30,8 +30,9 @@ __all__ = ["InjectHyperparamsState", "inject_hyperparams", "read_value", "with_h
 
 class InjectHyperparamsState(NamedTuple):
     count: jax.Array  # int32 steps taken; schedules are read at this value
-    hyperparams: dict[str, jax.Array]  # float32 scalars, the values the next step uses
+    hyperparams: dict[str, jax.Array]  # float32 scalars, the values the next step uses; with_hyperparam sets them
     inner_state: OptState
+    scheduled: dict[str, jax.Array] = {}  # float32, each schedule's value at the last step (read-only: recomputed every step)
 
 
 def _is_numeric(value: Any) -> bool:
@@ -102,22 +103,20 @@ def inject_hyperparams(
         static = {name: value for name, value in arguments.items() if name not in schedules and name not in numeric}
         initial = factory(**static, **numeric, **{name: float(schedule(0)) for name, schedule in schedules.items()})
 
-        def values_at(count: jax.Array, stored: dict[str, jax.Array]) -> dict[str, jax.Array]:
-            current = dict(stored)
-            current.update({name: jnp.asarray(schedule(count), jnp.float32) for name, schedule in schedules.items()})
-            return current
+        def scheduled_at(count: jax.Array) -> dict[str, jax.Array]:
+            return {name: jnp.asarray(schedule(count), jnp.float32) for name, schedule in schedules.items()}
 
         def init_fn(params: Params) -> InjectHyperparamsState:
             count = zero_count()
-            hyperparams = values_at(count, {name: jnp.asarray(value, jnp.float32) for name, value in numeric.items()})
-            return InjectHyperparamsState(count, hyperparams, initial.init(params))
+            hyperparams = {name: jnp.asarray(value, jnp.float32) for name, value in numeric.items()}
+            return InjectHyperparamsState(count, hyperparams, initial.init(params), scheduled_at(count))
 
         def update_fn(updates, state, params=None):
             check_state(state, InjectHyperparamsState, f"inject_hyperparams({factory.__name__})")
-            hyperparams = values_at(state.count, state.hyperparams)
-            inner = factory(**static, **hyperparams)
+            scheduled = scheduled_at(state.count)
+            inner = factory(**static, **state.hyperparams, **scheduled)
             updates, inner_state = inner.update(updates, state.inner_state, params)
-            return updates, InjectHyperparamsState(safe_increment(state.count), hyperparams, inner_state)
+            return updates, InjectHyperparamsState(safe_increment(state.count), state.hyperparams, inner_state, scheduled)
 
         return GradientTransformation(init_fn, update_fn)
 
@@ -150,9 +149,11 @@ def read_value(state: OptState, name: str) -> jax.Array:
         matches, next_level = [], []
         for path, node in level:
             if isinstance(node, InjectHyperparamsState):
-                seen_fields.update(node.hyperparams)
-                if name in node.hyperparams:
-                    matches.append((f"{path}.hyperparams[{name!r}]", node.hyperparams[name]))
+                for kind in ("hyperparams", "scheduled"):
+                    values = getattr(node, kind)
+                    seen_fields.update(values)
+                    if name in values:
+                        matches.append((f"{path}.{kind}[{name!r}]", values[name]))
             fields = getattr(node, "_fields", ())
             seen_fields.update(fields)
             if name in fields and getattr(node, name) is not None:
@@ -169,8 +170,11 @@ def read_value(state: OptState, name: str) -> jax.Array:
 def with_hyperparam(state: OptState, name: str, value: float) -> OptState:
     """``state`` with the injected hyperparameter ``name`` set to ``value`` (float32) for the next steps.
 
-    A scheduled hyperparameter is recomputed from its schedule at every step, so setting it has no effect.
+    A scheduled hyperparameter is recomputed from its schedule at every step: setting it would have no
+    effect, so it raises ``ValueError`` (build the optimizer with a number to set it by hand).
     """
+    if isinstance(state, InjectHyperparamsState) and name in state.scheduled:
+        raise ValueError(f"{name!r} follows a schedule in this state, so setting it would have no effect; inject a number instead")
     if isinstance(state, InjectHyperparamsState) and name in state.hyperparams:
         return state._replace(hyperparams={**state.hyperparams, name: jnp.asarray(value, jnp.float32)})
     if isinstance(state, tuple) and not hasattr(state, "_fields"):

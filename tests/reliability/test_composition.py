@@ -112,3 +112,13 @@ def test_a_callable_for_a_hyperparameter_that_takes_no_schedule_is_refused_at_co
     # through inject_hyperparams a schedule for beta1 works: the factory sees its value at each step
     tx = inject_hyperparams(mpnn_opt.adam)(learning_rate=0.1, beta1=lambda count: 0.5)
     assert float(read_value(tx.init({"w": jnp.ones(1)}), "beta1")) == 0.5
+
+
+def test_setting_a_scheduled_hyperparameter_is_refused_instead_of_silently_ignored():
+    tx = inject_hyperparams(mpnn_opt.sgd)(learning_rate=schedules.linear_schedule(0.1, 0.0, 10), regularization=None)
+    params = {"w": jnp.ones(1)}
+    _, state = tx.update({"w": jnp.ones(1)}, tx.init(params), params)
+    with pytest.raises(ValueError, match="'learning_rate' follows a schedule"):
+        with_hyperparam(state, "learning_rate", 0.5)
+    assert float(read_value(state, "learning_rate")) == pytest.approx(0.1)  # the value the step used (count 0)
+    assert float(read_value(with_hyperparam(state, "momentum", 0.5), "momentum")) == 0.5  # the numbers stay settable
