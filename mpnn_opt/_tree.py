@@ -24,8 +24,22 @@ def key_name(key: Any) -> str:
     return str(key)
 
 
+def parameter_path(path: tuple) -> tuple:
+    """``path`` without a trailing ``.value`` attribute: the parameter's own path.
+
+    flax.nnx variables (``nnx.state``, ``nnx.split``) and flax's ``Partitioned`` boxes hold the array
+    in a ``value`` attribute, so the same parameter is ``['linear']['kernel'].value`` in a state of
+    variables and ``['linear']['kernel']`` in its pure arrays (``nnx.Optimizer`` inits on the first and
+    updates on the second). Names and path masks read the parameter's path, so both agree.
+    """
+    if path and isinstance(path[-1], jax.tree_util.GetAttrKey) and path[-1].name == "value":
+        return path[:-1]
+    return path
+
+
 def leaf_name(path: tuple) -> str:
-    """The leaf's own name: the last key of its path, as a string."""
+    """The leaf's own name: the last key of its :func:`parameter_path`, as a string."""
+    path = parameter_path(path)
     return key_name(path[-1]) if path else ""
 
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping, NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
-from mpnn_opt._tree import broadcast_mask, check_state, key_name, leaves_with_paths, map_with_path, path_str, tree_map
+from mpnn_opt._tree import broadcast_mask, check_state, key_name, parameter_path, leaves_with_paths, map_with_path, path_str, tree_map
 from mpnn_opt.base import GradientTransformation, OptState, Params, init_empty_state
 from mpnn_opt.regularization import Mask
 
@@ -25,7 +25,7 @@ __all__ = ["MaskedState", "masked", "path_mask", "PartitionState", "partition", 
 
 
 def _path_text(path: tuple) -> str:
-    return "/".join(key_name(key) for key in path)
+    return "/".join(key_name(key) for key in parameter_path(path))
 
 
 def path_mask(*patterns: str) -> Callable[[Params], Any]:

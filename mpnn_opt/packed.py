@@ -20,12 +20,13 @@ state and the update run on the few buffers with no concatenate or split of thei
         return mpnn_opt.apply_updates(packed, updates), state
 
 :class:`Packed` is a pytree whose children are the group buffers and whose static part is the
-layout, so every transform and alias works on it unchanged. Name masks keep working because each
-buffer's key names its group: the regularized buffer of float32 leaves is ``'float32_regularized'``
-and the other ``'float32_unregularized_bias_beta_gamma'``, which the seed's name rule (regularize
-unless the name contains 'bias', 'beta' or 'gamma') classifies the way ``pack`` grouped the
-leaves. A custom ``mask`` given to ``pack`` decides the groups the same way; to use it in an
-optimizer pass ``mask=regularized_mask`` (or rely on the names, which agree).
+layout, so every transform and alias works on it unchanged. ``pack`` groups the leaves by the
+optimizers' default rule (:func:`mpnn_opt.regularization.default_mask`) or by its ``mask``, and the
+optimizers' default mask reads those groups back from the :class:`Packed` (its
+``regularized_mask``), so the packed run regularizes the same leaves as the per-leaf one. Each
+buffer's key names its group: ``'float32_regularized'`` and
+``'float32_unregularized_bias_beta_gamma'`` (which the seed's name rule alone also classifies
+right).
 
 Unlike ``optax.flatten``, which concatenates the gradients and splits the updates inside every
 update, the packing here is paid once, when the params are packed. Without regularization the
@@ -43,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mpnn_opt._tree import broadcast_mask, check_float_leaves, leaves_with_paths, path_str
-from mpnn_opt.regularization import Mask, seed_name_mask
+from mpnn_opt.regularization import Mask, default_mask
 
 __all__ = ["LeafSlot", "PackedLayout", "Packed", "pack", "unpack", "regularized_mask"]
 
@@ -91,6 +92,10 @@ class Packed:
     def tree_unflatten(cls, layout: PackedLayout, buffers) -> Packed:
         return cls(tuple(buffers), layout)
 
+    def regularized_mask(self) -> Packed:
+        """Each group's regularization flag as ``pack`` decided it; the optimizers' default mask uses it."""
+        return regularized_mask(self)
+
     @property
     def size(self) -> int:
         """The number of parameters, summed over the groups."""
@@ -103,7 +108,7 @@ class Packed:
 
 def _resolve_flags(params: Any, mask: Mask | None) -> list[bool]:
     """One Python bool per leaf of ``params``; masks must be concrete, since they pick the buffer."""
-    flags = broadcast_mask(seed_name_mask if mask is None else mask, params)
+    flags = broadcast_mask(default_mask if mask is None else mask, params)
     flat_flags = [flag for _, flag in leaves_with_paths(flags)]
     for (path, leaf), flag in zip(leaves_with_paths(params), flat_flags):
         if leaf is not None and not isinstance(flag, (bool, np.bool_)):
@@ -129,7 +134,7 @@ def _refuse_sharded(params: Any) -> None:
 def pack(params: Any, mask: Mask | None = None) -> Packed:
     """Copies ``params`` into one flat buffer per (dtype, regularized) group, in leaf order.
 
-    ``mask`` follows :mod:`mpnn_opt.regularization` (default: the seed's name rule) but must give a
+    ``mask`` follows :mod:`mpnn_opt.regularization` (default: its default rule) but must give a
     Python bool per leaf (``mask=False`` or ``True``: one buffer per dtype). Groups appear in the
     order of their first leaf. ``None`` leaves are kept
     in the layout and come back as ``None``. Call it once, outside the training step; packing a

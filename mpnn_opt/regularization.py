@@ -1,9 +1,19 @@
 """L1/L2 regularization, decoupled weight decay, and which leaves they touch.
 
-Masks: by default a leaf is regularized unless its own name (the last key of its path) contains
-``'bias'``, ``'beta'`` or ``'gamma'``: the seed's rule, applied to the leaf's name. A ``mask``
-argument overrides it: a pytree of bools shaped like the params (or a prefix of them), or a
-callable ``params -> such a tree``; ``True`` means regularized.
+Which leaves are regularized by default (:func:`default_mask`): a leaf is regularized when
+
+* it has at least 2 dimensions (weights, kernels, embeddings; never a bias vector or a normalization
+  scale, such as equinox ``LayerNorm.weight``), and
+* its own name (the last key of its path, a trailing ``.value`` of a flax variable dropped) contains
+  none of ``'bias'``, ``'beta'``, ``'gamma'`` (the seed's name rule) and is not ``'scale'`` (flax's
+  ``LayerNorm`` / ``BatchNorm`` / ``RMSNorm`` scale).
+
+On mpneuralnetwork's layers this is exactly the seed's rule: the seed regularizes ``weights``
+(2-D) and ``kernels`` (4-D) and skips ``biases``, ``gamma`` and ``beta`` by name. On flax linen and
+nnx, equinox and plain dicts it decays weights, kernels and embeddings and leaves biases and
+normalization scales and offsets alone. A packed tree (:func:`mpnn_opt.pack`) uses the groups
+``pack`` chose. A ``mask`` argument overrides the rule: a pytree of bools shaped like the params (or
+a prefix of them), or a callable ``params -> such a tree``; ``True`` means regularized.
 """
 
 from __future__ import annotations
@@ -34,6 +44,8 @@ __all__ = [
     "UNREGULARIZED_NAME_PARTS",
     "is_regularized_name",
     "seed_name_mask",
+    "is_regularized_leaf",
+    "default_mask",
     "add_regularization",
     "DecoupledWeightDecayState",
     "add_decoupled_weight_decay",
@@ -50,12 +62,36 @@ def is_regularized_name(name: str) -> bool:
 
 
 def seed_name_mask(params: Params) -> Any:
-    """A bool tree: ``True`` where the leaf's own name passes :func:`is_regularized_name`."""
+    """A bool tree: ``True`` where the leaf's own name passes :func:`is_regularized_name` (names only)."""
     return map_with_path(lambda path, _: is_regularized_name(leaf_name(path)), params)
 
 
+NORMALIZATION_SCALE_NAMES = ("scale",)
+
+
+def is_regularized_leaf(path: tuple, leaf: Any) -> bool:
+    """The default rule for one leaf (see the module docstring): at least 2-D, and a regularized name."""
+    name = leaf_name(path)
+    return jnp.ndim(leaf) >= 2 and is_regularized_name(name) and name not in NORMALIZATION_SCALE_NAMES
+
+
+def default_mask(params: Params) -> Any:
+    """The default regularization mask: :func:`is_regularized_leaf` on every leaf.
+
+    A packed subtree (an object with a ``regularized_mask`` method, such as :class:`mpnn_opt.Packed`,
+    whose buffers are 1-D) gives the groups it was packed with.
+    """
+    is_packed = lambda node: hasattr(node, "regularized_mask")  # noqa: E731
+    packed_or_leaf = jax.tree_util.tree_map_with_path(
+        lambda path, node: node.regularized_mask() if is_packed(node) else is_regularized_leaf(path, node),
+        params,
+        is_leaf=is_packed,
+    )
+    return packed_or_leaf
+
+
 def _resolve_mask(mask: Mask | None, params: Params) -> Any:
-    flags = broadcast_mask(seed_name_mask if mask is None else mask, params)
+    flags = broadcast_mask(default_mask if mask is None else mask, params)
     check_bool_flags(flags, params)
     return flags
 

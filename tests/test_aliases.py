@@ -109,13 +109,14 @@ def test_alias_matches_mpneuralnetwork_for_any_hyperparameters(name, regularizat
 def test_adam_l2_decays_the_stepped_weight_by_hand():
     # One step from w=2, g=0.5: m_hat = g, v_hat = g^2, so s = w - lr * g / (|g| + eps) and w' = s - lr*wd*s.
     lr, wd, eps = 0.1, 0.5, 1e-8
-    params = {"weights": jnp.array([2.0]), "bias": jnp.array([2.0])}
-    grads = {"weights": jnp.array([0.5]), "bias": jnp.array([0.5])}
+    # weights are 2-D as every seed weight is (the default rule decays leaves of at least 2 dimensions)
+    params = {"weights": jnp.array([[2.0]]), "bias": jnp.array([2.0])}
+    grads = {"weights": jnp.array([[0.5]]), "bias": jnp.array([0.5])}
     tx = mpnn_opt.adam(lr, "L2", wd, epsilon=eps)
     updates, _ = tx.update(grads, tx.init(params), params)
     new = mpnn_opt.apply_updates(params, updates)
     stepped = 2.0 - lr * 0.5 / (0.5 + eps)
-    np.testing.assert_allclose(new["weights"], [stepped - lr * wd * stepped], rtol=1e-6)
+    np.testing.assert_allclose(new["weights"], [[stepped - lr * wd * stepped]], rtol=1e-6)
     np.testing.assert_allclose(new["bias"], [stepped], rtol=1e-6)  # 'bias' is never decayed
 
 

@@ -44,7 +44,7 @@ def test_pack_puts_regularized_and_unregularized_leaves_in_two_buffers_in_leaf_o
 
 
 def test_unpack_returns_the_original_tree_exactly_with_mixed_dtypes_and_none_leaves(rng):
-    params = {"a": {"weights": rng.standard_normal((3, 4)).astype(np.float32), "bias": None}, "b": {"weights": jnp.asarray(rng.standard_normal(5), jnp.bfloat16)}}
+    params = {"a": {"weights": rng.standard_normal((3, 4)).astype(np.float32), "bias": None}, "b": {"weights": jnp.asarray(rng.standard_normal((5, 1)), jnp.bfloat16)}}
     packed = pack(params)
     assert packed.layout.names == ("float32_regularized", "bfloat16_regularized")
     back = unpack(packed)
@@ -67,7 +67,7 @@ def test_grad_through_unpack_comes_back_packed_and_equals_the_packed_per_leaf_gr
 def test_grad_through_unpack_is_one_concatenate_per_buffer_not_a_padded_sum_per_leaf():
     # Per-leaf slices transpose into one zero-padded full buffer per leaf, summed (quadratic in the
     # leaf count: 140 ms for 1000 leaves of 100 here); a split transposes into a single concatenate.
-    params = {f"layer{i:03d}": {"weights": jnp.full(10, float(i)), "bias": jnp.zeros(3)} for i in range(50)}
+    params = {f"layer{i:03d}": {"weights": jnp.full((2, 5), float(i)), "bias": jnp.zeros(3)} for i in range(50)}
     loss = lambda packed: sum(jnp.sum(jnp.sin(leaf)) for leaf in jax.tree.leaves(unpack(packed)))  # noqa: E731
     primitives = [equation.primitive.name for equation in jax.make_jaxpr(jax.grad(loss))(pack(params)).jaxpr.eqns]
     assert primitives.count("concatenate") == 2  # one per buffer: weights (regularized) and bias
@@ -109,14 +109,15 @@ def test_a_custom_pack_mask_is_honoured_by_regularized_mask_and_by_the_group_nam
 
 def test_adam_l2_on_packed_params_by_hand():
     # One step from w=2, g=0.5 for a weight and a bias: both become w - lr*g/(|g|+eps); the weight then decays.
+    # The packed buffers are 1-D: the default mask reads pack's groups, not the buffers' shapes.
     lr, wd, eps = 0.1, 0.5, 1e-8
-    packed = pack({"weights": jnp.array([2.0]), "bias": jnp.array([2.0])})
-    grads = pack({"weights": jnp.array([0.5]), "bias": jnp.array([0.5])})
+    packed = pack({"weights": jnp.array([[2.0]]), "bias": jnp.array([2.0])})
+    grads = pack({"weights": jnp.array([[0.5]]), "bias": jnp.array([0.5])})
     tx = mpnn_opt.adam(lr, "L2", wd, epsilon=eps)
     updates, _ = tx.update(grads, tx.init(packed), packed)
     new = unpack(mpnn_opt.apply_updates(packed, updates))
     stepped = 2.0 - lr * 0.5 / (0.5 + eps)
-    np.testing.assert_allclose(new["weights"], [stepped - lr * wd * stepped], rtol=1e-6)
+    np.testing.assert_allclose(new["weights"], [[stepped - lr * wd * stepped]], rtol=1e-6)
     np.testing.assert_allclose(new["bias"], [stepped], rtol=1e-6)
 
 
