@@ -49,7 +49,6 @@ from mpnn_opt.presets import (
     torch_sgd,
 )
 from mpnn_opt.regularization import (
-    DecoupledWeightDecayState,
     add_decoupled_weight_decay,
     add_regularization,
     is_regularized_name,
@@ -60,7 +59,7 @@ from mpnn_opt.transforms import (
     MomentumVelocityState,
     RmsStepState,
     ScaleByAdamState,
-    ScaleByLearningRateState,
+    ScheduleState,
     ScaleByRmsState,
     momentum_velocity,
     rms_step,
@@ -83,7 +82,6 @@ __all__ = [
     "PARALLEL_LOOP_MIN_ELEMENTS",
     "cpu_compiler_options",
     "AccumulateState",
-    "DecoupledWeightDecayState",
     "EmptyState",
     "GradientTransformation",
     "InjectHyperparamsState",
@@ -98,7 +96,7 @@ __all__ = [
     "PartitionState",
     "ScalarOrSchedule",
     "ScaleByAdamState",
-    "ScaleByLearningRateState",
+    "ScheduleState",
     "ScaleByRmsState",
     "RmsStepState",
     "Schedule",

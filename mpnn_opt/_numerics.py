@@ -24,19 +24,6 @@ def safe_increment(count: jax.Array) -> jax.Array:
     return jnp.where(count < _INT32_MAX, count + 1, _INT32_MAX)
 
 
-def schedule_count(value: ScalarOrSchedule) -> jax.Array | None:
-    """A fresh counter for a transform that reads ``value`` at each step, or ``None`` for a constant.
-
-    A constant needs no counter, and an int32 counter costs a few microseconds a step on small models.
-    """
-    return zero_count() if callable(value) else None
-
-
-def advance(count: jax.Array | None) -> jax.Array | None:
-    """:func:`safe_increment` for a :func:`schedule_count` counter; ``None`` stays ``None``."""
-    return None if count is None else safe_increment(count)
-
-
 def value_at(value: ScalarOrSchedule, count: jax.Array | None) -> jax.Array:
     """The hyperparameter's value at step ``count`` (0-based): ``value(count)`` for a schedule.
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from mpnn_opt import _checks
 from mpnn_opt._numerics import zero_count
 from mpnn_opt._tree import as_arrays, check_same_structure, check_state, tree_map, zeros_like_tree
-from mpnn_opt.base import GradientTransformation, OptState, Params
+from mpnn_opt.base import AnyTransformation, GradientTransformation, OptState, Params, with_extra_args
 
 __all__ = ["AccumulateState", "accumulate"]
 
@@ -21,7 +21,7 @@ class AccumulateState(NamedTuple):
     inner_state: OptState
 
 
-def accumulate(inner: GradientTransformation, every_k: int) -> GradientTransformation:
+def accumulate(inner: AnyTransformation, every_k: int) -> GradientTransformation:
     """Sums ``every_k`` micro-batch gradients and runs ``inner`` once on their mean.
 
     On micro-steps ``1..k-1`` the updates are zeros and ``inner`` does not run at all (a ``lax.cond``:
@@ -34,7 +34,9 @@ def accumulate(inner: GradientTransformation, every_k: int) -> GradientTransform
     def init_fn(params: Params) -> AccumulateState:
         return AccumulateState(zero_count(), zeros_like_tree(params, None), inner.init(params))
 
-    def update_fn(updates, state, params=None):
+    inner = with_extra_args(inner)
+
+    def update_fn(updates, state, params=None, **extra_args):
         check_state(state, AccumulateState, "accumulate")
         updates = as_arrays(updates)
         check_same_structure(state.gradient_sum, updates, expected_name="the accumulated gradients", got_name="updates")
@@ -44,7 +46,7 @@ def accumulate(inner: GradientTransformation, every_k: int) -> GradientTransform
         def real_step(operands):
             gradient_sum, inner_state = operands
             mean = tree_map(lambda s, g: (s / every_k).astype(g.dtype), gradient_sum, updates)
-            new_updates, inner_state = inner.update(mean, inner_state, params)
+            new_updates, inner_state = inner.update(mean, inner_state, params, **extra_args)
             return new_updates, inner_state, tree_map(jnp.zeros_like, gradient_sum)
 
         def micro(operands):

@@ -3,19 +3,26 @@
 A :class:`GradientTransformation` is a pair of pure functions:
 
 * ``init(params) -> state``
-* ``update(updates, state, params=None) -> (updates, new_state)``
+* ``update(updates, state, params=None, **extra_args) -> (updates, new_state)``
 
-It is the same protocol as optax's ``GradientTransformation``: a transform from
-optax can sit inside :func:`chain`, and one of ours inside ``optax.chain``.
+It is optax's type, not a copy of it: ours are instances of ``optax.GradientTransformation`` and
+``optax.GradientTransformationExtraArgs``, so they go wherever flax, equinox and optax take an
+optax transformation (and type checkers agree), and optax's sit inside :func:`chain` and our
+wrappers. Extra keyword arguments (optax's ``value=loss`` for ``reduce_on_plateau``) are accepted
+by every transform, passed to the members that take them and ignored by the others. optax is a
+runtime dependency for this one reason (it is small and depends only on jax, chex and numpy).
 States are named tuples of arrays; per-parameter fields mirror the params tree.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Protocol, Union
+import functools
+import inspect
+from typing import Any, Callable, Union
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from mpnn_opt._tree import check_float_leaves, check_same_structure, compute_dtype
 
@@ -28,7 +35,9 @@ __all__ = [
     "ScalarOrSchedule",
     "TransformInitFn",
     "TransformUpdateFn",
+    "AnyTransformation",
     "GradientTransformation",
+    "with_extra_args",
     "EmptyState",
     "init_empty_state",
     "identity",
@@ -44,25 +53,42 @@ Schedule = Callable[[jax.Array], jax.Array]
 ScalarOrSchedule = Union[float, jax.Array, Schedule]
 
 
-class TransformInitFn(Protocol):
-    def __call__(self, params: Params) -> OptState: ...
+TransformInitFn = optax.TransformInitFn
+TransformUpdateFn = optax.TransformUpdateExtraArgsFn
+AnyTransformation = optax.GradientTransformation  # what chain and the wrappers accept: ours or optax's
+EmptyState = optax.EmptyState  # the state of a transform that keeps none (optax's, so both libraries agree)
 
 
-class TransformUpdateFn(Protocol):
-    def __call__(
-        self, updates: Updates, state: OptState, params: Params | None = None
-    ) -> tuple[Updates, OptState]: ...
+def _accepts_extra_args(update: Callable) -> bool:
+    try:
+        parameters = inspect.signature(update).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters)
 
 
-class GradientTransformation(NamedTuple):
-    """A pure ``(init, update)`` pair; see the module docstring."""
+class GradientTransformation(optax.GradientTransformationExtraArgs):
+    """A pure ``(init, update)`` pair; see the module docstring. A subclass of optax's type.
 
-    init: TransformInitFn
-    update: TransformUpdateFn
+    ``update`` may take ``(updates, state, params=None)`` only: it is then wrapped to accept (and
+    ignore) optax's extra keyword arguments, as ``optax.with_extra_args_support`` does.
+    """
+
+    def __new__(cls, init: TransformInitFn, update: Callable) -> GradientTransformation:
+        if not _accepts_extra_args(update):
+            plain_update = update
+
+            @functools.wraps(plain_update)
+            def update(updates, state, params=None, **extra_args):
+                del extra_args
+                return plain_update(updates, state, params)
+
+        return super().__new__(cls, init, update)
 
 
-class EmptyState(NamedTuple):
-    """The state of a transform that keeps none."""
+def with_extra_args(transform: Any) -> optax.GradientTransformationExtraArgs:
+    """``transform`` (ours, optax's, or any object with ``init`` and ``update``) taking extra keyword arguments."""
+    return optax.with_extra_args_support(transform)
 
 
 def init_empty_state(params: Params) -> EmptyState:
@@ -85,7 +111,8 @@ def chain(*transforms: Any) -> GradientTransformation:
     """Applies ``transforms`` one after the other; the state is a tuple of theirs.
 
     Any object with ``init`` and ``update`` methods of optax's signature is accepted,
-    so optax transforms mix freely with ours.
+    so optax transforms mix freely with ours. Extra keyword arguments given to ``update`` reach
+    every member that takes them (``optax.contrib.reduce_on_plateau``'s ``value``).
     """
     for position, transform in enumerate(transforms):
         if not (callable(getattr(transform, "init", None)) and callable(getattr(transform, "update", None))):
@@ -97,18 +124,17 @@ def chain(*transforms: Any) -> GradientTransformation:
     def init_fn(params: Params) -> tuple:
         return tuple(transform.init(params) for transform in transforms)
 
+    members = tuple(with_extra_args(transform) for transform in transforms)
+
     def update_fn(updates, state, params=None, **extra_args):
-        if not isinstance(state, tuple) or len(state) != len(transforms):
+        if not isinstance(state, tuple) or len(state) != len(members):
             raise ValueError(
-                f"chain: expected a state tuple of {len(transforms)} entries, got {type(state).__name__}"
+                f"chain: expected a state tuple of {len(members)} entries, got {type(state).__name__}"
                 + (f" of {len(state)}" if isinstance(state, tuple) else "")
             )
         new_state = []
-        for transform, inner_state in zip(transforms, state):
-            if extra_args:
-                updates, inner_state = transform.update(updates, inner_state, params, **extra_args)
-            else:
-                updates, inner_state = transform.update(updates, inner_state, params)
+        for transform, inner_state in zip(members, state):
+            updates, inner_state = transform.update(updates, inner_state, params, **extra_args)
             new_state.append(inner_state)
         return updates, tuple(new_state)
 

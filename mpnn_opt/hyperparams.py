@@ -23,7 +23,7 @@ import numpy as np
 
 from mpnn_opt._numerics import safe_increment, zero_count
 from mpnn_opt._tree import check_state
-from mpnn_opt.base import GradientTransformation, OptState, Params
+from mpnn_opt.base import GradientTransformation, OptState, Params, with_extra_args
 
 __all__ = ["InjectHyperparamsState", "inject_hyperparams", "read_value", "with_hyperparam"]
 
@@ -111,11 +111,11 @@ def inject_hyperparams(
             hyperparams = {name: jnp.asarray(value, jnp.float32) for name, value in numeric.items()}
             return InjectHyperparamsState(count, hyperparams, initial.init(params), scheduled_at(count))
 
-        def update_fn(updates, state, params=None):
+        def update_fn(updates, state, params=None, **extra_args):
             check_state(state, InjectHyperparamsState, f"inject_hyperparams({factory.__name__})")
             scheduled = scheduled_at(state.count)
-            inner = factory(**static, **state.hyperparams, **scheduled)
-            updates, inner_state = inner.update(updates, state.inner_state, params)
+            inner = with_extra_args(factory(**static, **state.hyperparams, **scheduled))
+            updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
             return updates, InjectHyperparamsState(safe_increment(state.count), state.hyperparams, inner_state, scheduled)
 
         return GradientTransformation(init_fn, update_fn)
@@ -123,70 +123,121 @@ def inject_hyperparams(
     return wrapped
 
 
-def _children(state: Any) -> list[tuple[str, Any]]:
-    """``(path entry, child)`` pairs of a state node: named-tuple fields, tuple positions, dict keys."""
+def _children(state: Any) -> list[tuple[str, Any, Any]]:
+    """``(path text, key, child)`` for each child of a state node: named-tuple fields, tuple and list
+    positions, dict keys (``key`` rebuilds the node, see :func:`_with_child`)."""
     if isinstance(state, tuple) and hasattr(state, "_fields"):
-        return [(f".{field}", getattr(state, field)) for field in state._fields]
+        return [(f".{field}", field, getattr(state, field)) for field in state._fields]
     if isinstance(state, (tuple, list)):
-        return [(f"[{index}]", child) for index, child in enumerate(state)]
+        return [(f"[{index}]", index, child) for index, child in enumerate(state)]
     if isinstance(state, dict):
-        return [(f"[{key!r}]", child) for key, child in state.items()]
+        return [(f"[{key!r}]", key, child) for key, child in state.items()]
     return []
+
+
+def _with_child(node: Any, key: Any, child: Any) -> Any:
+    if isinstance(node, tuple) and hasattr(node, "_fields"):
+        return node._replace(**{key: child})
+    if isinstance(node, tuple):
+        return node[:key] + (child,) + node[key + 1 :]
+    if isinstance(node, list):
+        return node[:key] + [child] + node[key + 1 :]
+    return {**node, key: child}
+
+
+def _injected(node: Any) -> dict[str, dict]:
+    """The hyperparameter dicts of an injected state, ours or optax's (``hyperparams`` and, for
+    schedules, our ``scheduled`` or optax's ``hyperparams_states``); ``{}`` for any other node."""
+    if not (hasattr(node, "_fields") and isinstance(getattr(node, "hyperparams", None), dict)):
+        return {}
+    found = {"hyperparams": node.hyperparams}
+    for kind in ("scheduled", "hyperparams_states"):
+        if isinstance(getattr(node, kind, None), dict):
+            found[kind] = getattr(node, kind)
+    return found
+
+
+def _is_scheduled(node: Any, name: str) -> bool:
+    return any(name in values for kind, values in _injected(node).items() if kind != "hyperparams")
+
+
+def _nearest(state: OptState, name: str, matches_in) -> tuple[tuple, str, Any]:
+    """Breadth first, the one match of ``name`` nearest the top: ``(keys from the top, path text, value)``.
+
+    ``matches_in(node, path)`` lists ``(path text, value)`` matches at a node. Raises ``ValueError``
+    for two matches at the same depth and ``KeyError`` (naming what exists) for none.
+    """
+    level, seen = [((), "state", state)], set()
+    while level:
+        matches, next_level = [], []
+        for keys, path, node in level:
+            seen.update(getattr(node, "_fields", ()))
+            for values in _injected(node).values():
+                seen.update(values)
+            matches.extend((keys, text, value) for text, value in matches_in(node, path))
+            next_level.extend((keys + (key,), path + text, child) for text, key, child in _children(node))
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            raise ValueError(
+                f"{name!r} is ambiguous in this state: found at {', '.join(text for _, text, _ in matches)}; "
+                "use the sub-state you mean"
+            )
+        level = next_level
+    raise KeyError(f"no value named {name!r} in this state; it has {sorted(map(str, seen))}")
 
 
 def read_value(state: OptState, name: str) -> jax.Array:
     """The value called ``name`` in ``state``: an injected hyperparameter or a state field.
 
     Searches breadth first through chains and wrappers, so ``read_value(state, 'learning_rate')`` and
-    ``read_value(state, 'count')`` work on the state of any composition. The match nearest the top
-    wins (an injected wrapper's ``count`` over its inner optimizer's). Two matches at that same
-    depth (two injected optimizers in one chain, or a chain whose stages both count steps) raise
-    ``ValueError`` naming their paths: read from the sub-state you mean (``state[1]``). Raises
-    ``KeyError`` naming what was found when nothing matches.
+    ``read_value(state, 'count')`` work on the state of any composition, optax's included (its
+    ``inject_hyperparams`` states too). The match nearest the top wins (an injected wrapper's
+    ``count`` over its inner optimizer's). Two matches at that same depth (two injected optimizers
+    in one chain, or a chain whose stages both count steps) raise ``ValueError`` naming their paths:
+    read from the sub-state you mean (``state[1]``). Raises ``KeyError`` naming what was found when
+    nothing matches.
     """
-    level, seen_fields = [("state", state)], set()
-    while level:
-        matches, next_level = [], []
-        for path, node in level:
-            if isinstance(node, InjectHyperparamsState):
-                for kind in ("hyperparams", "scheduled"):
-                    values = getattr(node, kind)
-                    seen_fields.update(values)
-                    if name in values:
-                        matches.append((f"{path}.{kind}[{name!r}]", values[name]))
-            fields = getattr(node, "_fields", ())
-            seen_fields.update(fields)
-            if name in fields and getattr(node, name) is not None:
-                matches.append((f"{path}.{name}", getattr(node, name)))
-            next_level.extend((path + entry, child) for entry, child in _children(node))
-        if len(matches) == 1:
-            return matches[0][1]
-        if matches:
-            raise ValueError(f"{name!r} is ambiguous in this state: found at {', '.join(p for p, _ in matches)}; read it from the sub-state you mean")
-        level = next_level
-    raise KeyError(f"no value named {name!r} in this state; it has {sorted(seen_fields)}")
+
+    def matches_in(node, path):
+        found = [(f"{path}.{kind}[{name!r}]", values[name]) for kind, values in _injected(node).items()
+                 if kind != "hyperparams_states" and name in values]
+        fields = getattr(node, "_fields", ())
+        if name in fields and getattr(node, name) is not None:
+            found.append((f"{path}.{name}", getattr(node, name)))
+        return found[:1]  # optax keeps a scheduled value in hyperparams and its schedule state beside it
+
+    return _nearest(state, name, matches_in)[2]
 
 
 def with_hyperparam(state: OptState, name: str, value: float) -> OptState:
-    """``state`` with the injected hyperparameter ``name`` set to ``value`` (float32) for the next steps.
+    """``state`` with the injected hyperparameter ``name`` set to ``value`` for the next steps.
 
-    A scheduled hyperparameter is recomputed from its schedule at every step: setting it would have no
-    effect, so it raises ``ValueError`` (build the optimizer with a number to set it by hand).
+    Works on the states of our :func:`inject_hyperparams` (float32) and optax's (the stored dtype),
+    wherever they sit in a composition; the nearest match to the top is set, two at the same depth
+    raise ``ValueError``. A scheduled hyperparameter is recomputed from its schedule at every step:
+    setting it would have no effect, so it raises ``ValueError`` (inject a number to set it by hand).
     """
-    if isinstance(state, InjectHyperparamsState) and name in state.scheduled:
+
+    def matches_in(node, path):
+        return [(f"{path}.hyperparams[{name!r}]", node)] if any(name in values for values in _injected(node).values()) else []
+
+    keys, _, injected = _nearest(state, name, matches_in)
+    if _is_scheduled(injected, name):
         raise ValueError(f"{name!r} follows a schedule in this state, so setting it would have no effect; inject a number instead")
-    if isinstance(state, InjectHyperparamsState) and name in state.hyperparams:
-        return state._replace(hyperparams={**state.hyperparams, name: jnp.asarray(value, jnp.float32)})
-    if isinstance(state, tuple) and not hasattr(state, "_fields"):
-        for position, child in enumerate(state):
-            try:
-                replaced = with_hyperparam(child, name, value)
-            except KeyError:
-                continue
-            return state[:position] + (replaced,) + state[position + 1 :]
-    if isinstance(state, InjectHyperparamsState):
-        try:
-            return state._replace(inner_state=with_hyperparam(state.inner_state, name, value))
-        except KeyError:
-            pass
-    raise KeyError(f"no injected hyperparameter named {name!r} in this state")
+    old = injected.hyperparams[name]
+    dtype = jnp.float32 if isinstance(injected, InjectHyperparamsState) else jnp.result_type(old)
+    replaced = injected._replace(hyperparams={**injected.hyperparams, name: jnp.asarray(value, dtype)})
+
+    def rebuild(node: Any, remaining: tuple) -> Any:
+        if not remaining:
+            return replaced
+        key = remaining[0]
+        child = dict(_children_by_key(node))[key]
+        return _with_child(node, key, rebuild(child, remaining[1:]))
+
+    return rebuild(state, keys)
+
+
+def _children_by_key(node: Any) -> list[tuple[Any, Any]]:
+    return [(key, child) for _, key, child in _children(node)]

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mpnn_opt._tree import broadcast_mask, check_state, key_name, parameter_path, leaves_with_paths, map_with_path, path_str, tree_map
-from mpnn_opt.base import GradientTransformation, OptState, Params, init_empty_state
+from mpnn_opt.base import AnyTransformation, GradientTransformation, OptState, Params, init_empty_state, with_extra_args
 from mpnn_opt.regularization import Mask
 
 __all__ = ["MaskedState", "masked", "path_mask", "PartitionState", "partition", "freeze"]
@@ -56,21 +56,23 @@ class MaskedState(NamedTuple):
     inner_state: OptState  # the inner transform's state over the masked-in leaves (None elsewhere)
 
 
-def masked(inner: GradientTransformation, mask: Mask) -> GradientTransformation:
+def masked(inner: AnyTransformation, mask: Mask) -> GradientTransformation:
     """``inner`` on the leaves where ``mask`` is True; the other updates pass through unchanged.
 
     ``mask`` is a bool pytree (or a prefix of one) or a callable ``params -> bools``, such as
     :func:`path_mask`. Like optax ``masked``.
     """
 
+    inner = with_extra_args(inner)
+
     def init_fn(params: Params) -> MaskedState:
         return MaskedState(inner.init(_select(params, _static_flags(mask, params, "mask"))))
 
-    def update_fn(updates, state, params=None):
+    def update_fn(updates, state, params=None, **extra_args):
         check_state(state, MaskedState, "masked")
         flags = _static_flags(mask, updates if params is None else params, "mask")
         chosen_params = None if params is None else _select(params, flags)
-        new_updates, inner_state = inner.update(_select(updates, flags), state.inner_state, chosen_params)
+        new_updates, inner_state = inner.update(_select(updates, flags), state.inner_state, chosen_params, **extra_args)
         return _merge(updates, new_updates, flags), MaskedState(inner_state)
 
     return GradientTransformation(init_fn, update_fn)
@@ -80,7 +82,7 @@ class PartitionState(NamedTuple):
     inner_states: dict  # label -> that group's transform state
 
 
-def partition(transforms: Mapping[Any, GradientTransformation], labels: Any) -> GradientTransformation:
+def partition(transforms: Mapping[Any, AnyTransformation], labels: Any) -> GradientTransformation:
     """Each leaf goes to ``transforms[label]``, its label given by ``labels`` (a pytree of labels shaped
     like the params, a prefix of one, or a callable ``params -> labels``). Like optax ``multi_transform``
     (``partition``); an unknown label raises naming the path.
@@ -97,13 +99,15 @@ def partition(transforms: Mapping[Any, GradientTransformation], labels: Any) -> 
         tree = resolve(params)
         return PartitionState({label: tx.init(_select(params, tree, label)) for label, tx in transforms.items()})
 
-    def update_fn(updates, state, params=None):
+    transforms = {label: with_extra_args(tx) for label, tx in transforms.items()}
+
+    def update_fn(updates, state, params=None, **extra_args):
         check_state(state, PartitionState, "partition")
         tree = resolve(updates if params is None else params)
         new_updates, new_states = updates, {}
         for label, tx in transforms.items():
             chosen_params = None if params is None else _select(params, tree, label)
-            group, new_states[label] = tx.update(_select(updates, tree, label), state.inner_states[label], chosen_params)
+            group, new_states[label] = tx.update(_select(updates, tree, label), state.inner_states[label], chosen_params, **extra_args)
             new_updates = _merge(new_updates, group, tree, label)
         return new_updates, PartitionState(new_states)
 

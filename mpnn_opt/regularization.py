@@ -18,13 +18,12 @@ a prefix of them), or a callable ``params -> such a tree``; ``True`` means regul
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Union
+from typing import Any, Callable, Union
 
 import jax
 import jax.numpy as jnp
 
 from mpnn_opt import _checks
-from mpnn_opt._numerics import advance, schedule_count, value_at
 from mpnn_opt._tree import (
     as_arrays,
     broadcast_mask,
@@ -37,7 +36,8 @@ from mpnn_opt._tree import (
     map_with_path,
     tree_map,
 )
-from mpnn_opt.base import GradientTransformation, Params, ScalarOrSchedule, identity, init_empty_state
+from mpnn_opt.base import EmptyState, GradientTransformation, Params, ScalarOrSchedule, identity, init_empty_state
+from mpnn_opt.transforms import with_learning_rate
 
 __all__ = [
     "Mask",
@@ -47,7 +47,6 @@ __all__ = [
     "is_regularized_leaf",
     "default_mask",
     "add_regularization",
-    "DecoupledWeightDecayState",
     "add_decoupled_weight_decay",
 ]
 
@@ -140,10 +139,6 @@ def add_regularization(regularization: str | None, weight_decay: float, mask: Ma
     return GradientTransformation(init_empty_state, update_fn)
 
 
-class DecoupledWeightDecayState(NamedTuple):
-    count: jax.Array | None  # int32 steps taken, for a learning-rate schedule; None for a constant rate
-
-
 def add_decoupled_weight_decay(
     learning_rate: ScalarOrSchedule, weight_decay: float, mask: Mask | None = None
 ) -> GradientTransformation:
@@ -155,22 +150,18 @@ def add_decoupled_weight_decay(
 
     torch ``AdamW`` and optax ``adamw`` decay the old weight instead
     (``w' = w - lr * (step + weight_decay * w)``); the two differ by a term of order lr^2 * wd.
+    The state is ``EmptyState()``, or ``ScheduleState(count, EmptyState())`` for a learning-rate schedule.
     """
     _checks.non_negative("learning_rate", learning_rate)
     _checks.non_negative("weight_decay", weight_decay)
 
-    def init_fn(params: Params) -> DecoupledWeightDecayState:
-        del params
-        return DecoupledWeightDecayState(count=schedule_count(learning_rate))
-
-    def update_fn(updates, state, params=None):
+    def update_own(updates, state, params, lr):
         _require_params(params, "add_decoupled_weight_decay")
-        check_state(state, DecoupledWeightDecayState, "add_decoupled_weight_decay")
         check_float_leaves(updates, "updates")
         check_same_structure(params, updates, expected_name="params", got_name="updates")
         updates, params = as_arrays(updates), as_arrays(params)
         flags = _resolve_mask(mask, params)
-        shrink = value_at(learning_rate, state.count) * weight_decay
+        shrink = lr * weight_decay
 
         def decay(u, w, flag):
             # u' is formed as (decayed weight) - w rather than u - shrink * s: then w + u' rounds
@@ -180,6 +171,6 @@ def add_decoupled_weight_decay(
             stepped = w + u.astype(dtype)
             return _where(flag, (stepped - shrink * stepped - w).astype(u.dtype), u)
 
-        return tree_map(decay, updates, params, flags), DecoupledWeightDecayState(count=advance(state.count))
+        return tree_map(decay, updates, params, flags), state
 
-    return GradientTransformation(init_fn, update_fn)
+    return with_learning_rate(learning_rate, EmptyState, init_empty_state, update_own)

@@ -14,12 +14,13 @@ import jax
 import jax.numpy as jnp
 
 from mpnn_opt import _checks
-from mpnn_opt._numerics import advance, bias_correction, safe_epsilon, safe_increment, safe_sqrt, schedule_count, value_at, zero_count
+from mpnn_opt._numerics import bias_correction, safe_epsilon, safe_increment, safe_sqrt, value_at, zero_count
 from mpnn_opt._tree import as_arrays, check_float_leaves, check_same_structure, check_state, compute_dtype, tree_map, unzip, zeros_like_tree
-from mpnn_opt.base import GradientTransformation, Params, ScalarOrSchedule, Updates
+from mpnn_opt.base import EmptyState, GradientTransformation, Params, ScalarOrSchedule, Updates
 
 __all__ = [
-    "ScaleByLearningRateState",
+    "ScheduleState",
+    "with_learning_rate",
     "scale_by_learning_rate",
     "MomentumVelocityState",
     "momentum_velocity",
@@ -60,37 +61,62 @@ def _to_compute(x: jax.Array) -> jax.Array:
     return x.astype(compute_dtype(x.dtype))
 
 
-class ScaleByLearningRateState(NamedTuple):
-    count: jax.Array | None  # int32 steps taken, where the schedule is read; None for a constant rate
-
-
 def scale_by_learning_rate(learning_rate: ScalarOrSchedule) -> GradientTransformation:
     """Turns a direction into a descent step: ``u = -lr_t * g``.
 
-    ``learning_rate`` is a float or a schedule ``fn(count) -> value`` read at the 0-based step count;
-    the state keeps that count only for a schedule (``None`` otherwise), as optax does.
-    Same as optax's ``scale_by_learning_rate`` (which flips the sign the same way).
+    ``learning_rate`` is a float or a schedule ``fn(count) -> value`` read at the 0-based step count.
+    The state is ``EmptyState()`` for a constant rate and ``ScheduleState(count, EmptyState())`` for a
+    schedule, as optax keeps a count only for a schedule. Same as optax's ``scale_by_learning_rate``
+    (which flips the sign the same way).
     """
     _checks.non_negative("learning_rate", learning_rate)
 
-    def init_fn(params: Params) -> ScaleByLearningRateState:
+    def init_own(params: Params) -> EmptyState:
         check_float_leaves(params, "params")
-        return ScaleByLearningRateState(count=schedule_count(learning_rate))
+        return EmptyState()
+
+    def update_own(updates, state, params, lr):
+        del params
+        check_float_leaves(updates, "updates")
+        return tree_map(lambda g: (-lr * _to_compute(g)).astype(g.dtype), as_arrays(updates)), state
+
+    return with_learning_rate(learning_rate, EmptyState, init_own, update_own)
+
+
+class ScheduleState(NamedTuple):
+    count: jax.Array  # int32 steps taken; the learning-rate schedule is read at this value
+    inner_state: Any  # the block's own state, as it is with a constant rate
+
+
+def with_learning_rate(learning_rate: ScalarOrSchedule, state_type: type, init_own, update_own) -> GradientTransformation:
+    """A block that reads a learning rate at each step: ``update_own(updates, own_state, params, lr)``.
+
+    With a constant rate the state is the block's own (``state_type``), with no counter (a
+    placeholder ``count=None`` would make ``optax.tree_utils.tree_get(state, 'count')`` ambiguous);
+    with a schedule it is ``ScheduleState(count, own state)`` and ``lr`` is the schedule at ``count``.
+    """
+    scheduled = callable(learning_rate)
+    name = state_type.__name__
+
+    def init_fn(params: Params):
+        own = init_own(params)
+        return ScheduleState(zero_count(), own) if scheduled else own
 
     def update_fn(updates, state, params=None):
-        del params
-        check_state(state, ScaleByLearningRateState, "scale_by_learning_rate")
-        check_float_leaves(updates, "updates")
-        updates = as_arrays(updates)
-        lr = value_at(learning_rate, state.count)
-        updates = tree_map(lambda g: (-lr * _to_compute(g)).astype(g.dtype), updates)
-        return updates, ScaleByLearningRateState(count=advance(state.count))
+        if scheduled:
+            check_state(state, ScheduleState, f"{name} with a learning-rate schedule")
+            check_state(state.inner_state, state_type, name)
+            updates, own = update_own(updates, state.inner_state, params, value_at(learning_rate, state.count))
+            return updates, ScheduleState(safe_increment(state.count), own)
+        if isinstance(state, ScheduleState):
+            raise TypeError(f"{name}: the state was made for a learning-rate schedule, but this transform has a constant rate")
+        check_state(state, state_type, name)
+        return update_own(updates, state, params, learning_rate)
 
     return GradientTransformation(init_fn, update_fn)
 
 
 class MomentumVelocityState(NamedTuple):
-    count: jax.Array | None  # int32 steps taken, for a learning-rate schedule; None for a constant rate
     velocities: Any  # v, mirrors params
 
 
@@ -119,31 +145,30 @@ def momentum_velocity(
 def _one_buffer_block(state_type, buffer_name: str, init_buffer, step, learning_rate: ScalarOrSchedule | None = None) -> GradientTransformation:
     """A block with one buffer per parameter: ``step(g, buffer, lr) -> (u, new buffer)`` on each leaf.
 
-    The state is ``state_type(<buffer_name>=init_buffer(params))``. With a ``learning_rate`` the state
-    also has a ``count`` (kept only for a schedule, see :func:`schedule_count`) and ``lr`` is the
-    rate at this step; without one, ``lr`` is None.
+    The state is ``state_type(<buffer_name>=init_buffer(params))``; with a ``learning_rate`` it goes
+    through :func:`with_learning_rate` (a :class:`ScheduleState` around it for a schedule) and ``lr``
+    is the rate at this step; without one, ``lr`` is None.
     """
-    has_count = learning_rate is not None
 
-    def init_fn(params: Params):
-        fields = {buffer_name: init_buffer(params)}
-        if has_count:
-            fields["count"] = schedule_count(learning_rate)
-        return state_type(**fields)
+    def init_own(params: Params):
+        return state_type(**{buffer_name: init_buffer(params)})
+
+    def update_own(updates, state, params, lr):
+        del params
+        buffer = getattr(state, buffer_name)
+        updates = _check_updates(updates, buffer, f"the optimizer state ({buffer_name})")
+        new_updates, new_buffer = unzip(updates, tree_map(lambda g, b: step(g, b, lr), updates, buffer), 2)
+        return new_updates, state_type(**{buffer_name: new_buffer})
+
+    if learning_rate is not None:
+        return with_learning_rate(learning_rate, state_type, init_own, update_own)
 
     def update_fn(updates, state, params=None):
         del params
         check_state(state, state_type, state_type.__name__)
-        buffer = getattr(state, buffer_name)
-        updates = _check_updates(updates, buffer, f"the optimizer state ({buffer_name})")
-        lr = value_at(learning_rate, state.count) if has_count else None
-        new_updates, new_buffer = unzip(updates, tree_map(lambda g, b: step(g, b, lr), updates, buffer), 2)
-        fields = {buffer_name: new_buffer}
-        if has_count:
-            fields["count"] = advance(state.count)
-        return new_updates, state_type(**fields)
+        return update_own(updates, state, None, None)
 
-    return GradientTransformation(init_fn, update_fn)
+    return GradientTransformation(init_own, update_fn)
 
 
 class ScaleByRmsState(NamedTuple):
@@ -183,7 +208,6 @@ def _rms_denominator(cache: jax.Array, epsilon: Any, eps_in_sqrt: bool) -> jax.A
 
 
 class RmsStepState(NamedTuple):
-    count: jax.Array | None  # int32 steps taken, for a learning-rate schedule; None for a constant rate
     cache: Any  # running mean of g^2, mirrors params
 
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from mpnn_opt import _checks
 from mpnn_opt._numerics import bias_correction, safe_increment, zero_count
 from mpnn_opt._tree import check_same_structure, check_state, compute_dtype, tree_map
-from mpnn_opt.base import GradientTransformation, OptState, Params
+from mpnn_opt.base import AnyTransformation, GradientTransformation, OptState, Params, with_extra_args
 
 __all__ = ["SkipNonFiniteState", "skip_non_finite", "ParamsEma", "params_ema_init", "params_ema_update", "ema_params"]
 
@@ -26,7 +26,7 @@ def _all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
-def skip_non_finite(inner: GradientTransformation) -> GradientTransformation:
+def skip_non_finite(inner: AnyTransformation) -> GradientTransformation:
     """Runs ``inner`` only on steps whose incoming updates are all finite.
 
     On a step with any NaN or infinity the updates are zeros, ``inner``'s state is left exactly as it
@@ -38,10 +38,12 @@ def skip_non_finite(inner: GradientTransformation) -> GradientTransformation:
     def init_fn(params: Params) -> SkipNonFiniteState:
         return SkipNonFiniteState(inner.init(params), zero_count(), jnp.asarray(True))
 
-    def update_fn(updates, state, params=None):
+    inner = with_extra_args(inner)
+
+    def update_fn(updates, state, params=None, **extra_args):
         check_state(state, SkipNonFiniteState, "skip_non_finite")
         finite = _all_finite(updates)
-        new_updates, new_inner = inner.update(updates, state.inner_state, params)
+        new_updates, new_inner = inner.update(updates, state.inner_state, params, **extra_args)
         pick = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
         inner_state = jax.tree.map(pick, new_inner, state.inner_state)
         new_updates = tree_map(lambda u: jnp.where(finite, u, jnp.zeros_like(u)), new_updates)

@@ -43,7 +43,7 @@ def test_decoupled_weight_decay_shrinks_the_stepped_weight():
     updates, state = tx.update({"weights": jnp.asarray(G)}, tx.init(params), params)
     stepped = W + G
     np.testing.assert_allclose(W + np.asarray(updates["weights"]), stepped - 0.1 * 0.5 * stepped, rtol=1e-6)
-    assert state.count is None  # a constant learning rate needs no step counter
+    assert state == mpnn_opt.EmptyState()  # a constant learning rate needs no step counter
 
 
 def test_decoupled_weight_decay_follows_a_learning_rate_schedule():
