@@ -1,9 +1,10 @@
 """The seed's optimizers as chains of building blocks, with the seed's names and defaults.
 
 ``regularization`` is ``'L1'``, ``'L2'`` or ``None`` (off; the seed cannot turn it off).
-``mask`` chooses the regularized leaves (default: the seed's name rule, see
-:mod:`mpnn_opt.regularization`). ``state_dtype`` sets the dtype of per-parameter state
-(default: each parameter's dtype; e.g. ``jnp.float32`` moments for bfloat16 params).
+``mask`` chooses the regularized leaves (default: leaves of at least 2 dimensions not named like a
+bias or a normalization scale; exactly the seed's name rule on its layers, see
+:mod:`mpnn_opt.regularization`). ``state_dtype`` sets the dtype of per-parameter state (default:
+float32, or float64 for float64 params; e.g. ``jnp.bfloat16`` for bfloat16 moments).
 """
 
 from __future__ import annotations
