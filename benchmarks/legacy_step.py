@@ -29,6 +29,8 @@ from mpneuralnetwork.model import Model
 
 from mpnn_opt import optimizers as ours
 
+ours.use_synchronous_dispatch()  # step waits for its result: no thread hand-offs (JAX has not started yet)
+
 CLASSES = ("SGD", "RMSprop", "Adam")
 
 

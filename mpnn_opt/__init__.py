@@ -1,109 +1,46 @@
-"""mpnn_opt: the optimizers of mpneuralnetwork as pure, jit-compiled JAX gradient transformations."""
+"""mpnn_opt: the optimizers of mpneuralnetwork, and torch.optim's and optax's, as pure, jit-compiled JAX
+gradient transformations of optax's own type.
 
-from mpnn_opt import extra_transforms, presets, schedules
-from mpnn_opt.accumulation import AccumulateState, accumulate
-from mpnn_opt.aliases import adam, rmsprop, sgd
-from mpnn_opt.base import (
-    EmptyState,
-    GradientTransformation,
-    OptState,
-    Params,
-    ScalarOrSchedule,
-    Schedule,
-    Updates,
-    apply_updates,
-    chain,
-    identity,
-)
-from mpnn_opt.compiler_options import PARALLEL_LOOP_MIN_ELEMENTS, cpu_compiler_options
+The public names are listed in ``__all__``; state classes and building-block internals live in their
+modules (``mpnn_opt.transforms``, ``mpnn_opt.regularization``, ...). The mpneuralnetwork-compatible
+classes are in the subpackage ``mpnn_opt.optimizers``, imported on first use.
+"""
+
+from mpnn_opt import schedules
+from mpnn_opt.accumulation import accumulate
+from mpnn_opt.aliases import adam, lion, nadam, rmsprop, sgd, torch_adagrad, torch_adamw, torch_rmsprop, torch_sgd
+from mpnn_opt.base import EmptyState, GradientTransformation, apply_updates, chain, identity, with_extra_args
 from mpnn_opt.clipping import clip, clip_by_global_norm, clip_by_leaf_norm, global_norm
-from mpnn_opt.hyperparams import (
-    InjectHyperparamsState,
-    inject_hyperparams,
-    read_value,
-    with_hyperparam,
-)
-from mpnn_opt.masking import (
-    MaskedState,
-    PartitionState,
-    freeze,
-    masked,
-    partition,
-    path_mask,
-)
-from mpnn_opt.packed import (
-    LeafSlot,
-    Packed,
-    PackedLayout,
-    pack,
-    regularized_mask,
-    unpack,
-)
-from mpnn_opt.presets import (
-    conventional,
-    lion,
-    nadam,
-    torch_adagrad,
-    torch_adamw,
-    torch_rmsprop,
-    torch_sgd,
-)
-from mpnn_opt.regularization import (
-    add_decoupled_weight_decay,
-    add_regularization,
-    is_regularized_name,
-    seed_name_mask,
-)
+from mpnn_opt.compiler_options import cpu_compiler_options
+from mpnn_opt.hyperparams import inject_hyperparams, read_value, with_hyperparam
+from mpnn_opt.masking import freeze, masked, partition, path_mask
+from mpnn_opt.packed import Packed, pack, regularized_mask, unpack
+from mpnn_opt.regularization import add_decayed_weights, add_decoupled_weight_decay, add_regularization, default_mask
 from mpnn_opt.sharding import per_device_nbytes, state_shardings
 from mpnn_opt.transforms import (
-    MomentumVelocityState,
-    RmsStepState,
-    ScaleByAdamState,
-    ScheduleState,
-    ScaleByRmsState,
     momentum_velocity,
     rms_step,
     scale_by_adam,
+    scale_by_centered_rms,
     scale_by_learning_rate,
+    scale_by_lion,
+    scale_by_nadam,
     scale_by_rms,
+    scale_by_torch_adagrad,
+    scale_by_torch_amsgrad,
+    trace,
 )
-from mpnn_opt.wrappers import (
-    ParamsEma,
-    SkipNonFiniteState,
-    ema_params,
-    params_ema_init,
-    params_ema_update,
-    skip_non_finite,
-)
+from mpnn_opt.wrappers import ema_params, params_ema_init, params_ema_update, skip_non_finite
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "PARALLEL_LOOP_MIN_ELEMENTS",
-    "cpu_compiler_options",
-    "AccumulateState",
     "EmptyState",
     "GradientTransformation",
-    "InjectHyperparamsState",
-    "LeafSlot",
-    "MaskedState",
-    "MomentumVelocityState",
-    "OptState",
     "Packed",
-    "PackedLayout",
-    "Params",
-    "ParamsEma",
-    "PartitionState",
-    "ScalarOrSchedule",
-    "ScaleByAdamState",
-    "ScheduleState",
-    "ScaleByRmsState",
-    "RmsStepState",
-    "Schedule",
-    "SkipNonFiniteState",
-    "Updates",
     "accumulate",
     "adam",
+    "add_decayed_weights",
     "add_decoupled_weight_decay",
     "add_regularization",
     "apply_updates",
@@ -111,14 +48,13 @@ __all__ = [
     "clip",
     "clip_by_global_norm",
     "clip_by_leaf_norm",
-    "conventional",
+    "cpu_compiler_options",
+    "default_mask",
     "ema_params",
-    "extra_transforms",
     "freeze",
     "global_norm",
     "identity",
     "inject_hyperparams",
-    "is_regularized_name",
     "lion",
     "masked",
     "momentum_velocity",
@@ -129,16 +65,19 @@ __all__ = [
     "partition",
     "path_mask",
     "per_device_nbytes",
-    "presets",
     "read_value",
     "regularized_mask",
+    "rms_step",
     "rmsprop",
     "scale_by_adam",
+    "scale_by_centered_rms",
     "scale_by_learning_rate",
+    "scale_by_lion",
+    "scale_by_nadam",
     "scale_by_rms",
-    "rms_step",
+    "scale_by_torch_adagrad",
+    "scale_by_torch_amsgrad",
     "schedules",
-    "seed_name_mask",
     "sgd",
     "skip_non_finite",
     "state_shardings",
@@ -146,14 +85,15 @@ __all__ = [
     "torch_adamw",
     "torch_rmsprop",
     "torch_sgd",
+    "trace",
     "unpack",
+    "with_extra_args",
     "with_hyperparam",
 ]
 
 
 def __getattr__(name: str):
-    # mpnn_opt.optimizers (the class adapter for mpneuralnetwork users) is imported on first use, not
-    # with the package: importing it turns off JAX's asynchronous CPU dispatch, which JAX users keep.
+    # the class adapter for mpneuralnetwork users is a subpackage imported on first use
     if name == "optimizers":
         import importlib
 

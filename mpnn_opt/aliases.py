@@ -1,4 +1,15 @@
-"""The seed's optimizers as chains of building blocks, with the seed's names and defaults.
+"""Optimizers as chains of building blocks: the seed's three, and torch.optim's and optax's others.
+
+``sgd``, ``rmsprop`` and ``adam`` are the seed's (mpneuralnetwork 1.1.1), with its positional
+signatures and defaults: they regularize by default (``'L2'``). Every other factory follows one
+named library's definition exactly and one signature scheme: the learning rate first (with that
+library's default), everything else keyword-only, the library's hyperparameters under this
+library's names (``decay_rate`` for torch's ``alpha``, ``epsilon`` for ``eps``, ``beta1``/``beta2``
+for ``betas``), and ``mask`` (which leaves the weight decay touches; default: all, as in torch
+and optax) and ``state_dtype`` where they apply. Learning rates accept schedules, and
+``inject_hyperparams`` changes any numeric hyperparameter between steps without recompiling.
+
+The seed's aliases:
 
 ``regularization`` is ``'L1'``, ``'L2'`` or ``None`` (off; the seed cannot turn it off).
 ``mask`` chooses the regularized leaves (default: leaves of at least 2 dimensions not named like a
@@ -13,10 +24,22 @@ from typing import Any
 
 from mpnn_opt import _checks
 from mpnn_opt.base import GradientTransformation, ScalarOrSchedule, chain
-from mpnn_opt.regularization import Mask, add_decoupled_weight_decay, add_regularization
-from mpnn_opt.transforms import momentum_velocity, rms_step, scale_by_adam, scale_by_learning_rate
+from mpnn_opt.regularization import Mask, add_decayed_weights, add_decoupled_weight_decay, add_regularization
+from mpnn_opt.transforms import (
+    momentum_velocity,
+    rms_step,
+    scale_by_adam,
+    scale_by_centered_rms,
+    scale_by_learning_rate,
+    scale_by_lion,
+    scale_by_nadam,
+    scale_by_rms,
+    scale_by_torch_adagrad,
+    scale_by_torch_amsgrad,
+    trace,
+)
 
-__all__ = ["sgd", "rmsprop", "adam"]
+__all__ = ["adam", "lion", "nadam", "rmsprop", "sgd", "torch_adagrad", "torch_adamw", "torch_rmsprop", "torch_sgd"]
 
 
 def sgd(
@@ -28,7 +51,7 @@ def sgd(
     mask: Mask | None = None,
     state_dtype: Any | None = None,
 ) -> GradientTransformation:
-    """SGD with momentum, the seed's ``SGD``.
+    """SGD with momentum, the seed's ``SGD``; regularizes by default (``'L2'``, coupled).
 
     ``g' = g + reg(w)`` (coupled, see :func:`add_regularization`), ``v = momentum * v - lr * g'``,
     ``w = w + v``.
@@ -54,7 +77,7 @@ def rmsprop(
     mask: Mask | None = None,
     state_dtype: Any | None = None,
 ) -> GradientTransformation:
-    """RMSprop, the seed's ``RMSprop``.
+    """RMSprop, the seed's ``RMSprop``; regularizes by default (``'L2'``, coupled).
 
     ``g' = g + reg(w)``, ``c = decay_rate * c + (1 - decay_rate) * g'^2``,
     ``w = w - (lr * g') / (sqrt(c) + eps)`` (:func:`rms_step`: the seed's order of operations).
@@ -82,7 +105,7 @@ def adam(
     mask: Mask | None = None,
     state_dtype: Any | None = None,
 ) -> GradientTransformation:
-    """Adam, the seed's ``Adam``: decoupled weight decay under 'L2', a coupled penalty under 'L1'.
+    """Adam, the seed's ``Adam``; decays weights by default (``'L2'``, decoupled; 'L1' is a coupled penalty).
 
     ``m = b1 * m + (1 - b1) * g``, ``v = b2 * v + (1 - b2) * g^2``,
     ``s = w - lr * m_hat / (sqrt(v_hat) + eps)``, then
@@ -108,3 +131,120 @@ def adam(
         direction,
         scale_by_learning_rate(learning_rate),
     )
+
+
+def _coupled_decay(weight_decay: float, mask: Mask | None) -> GradientTransformation:
+    # torch's weight_decay touches every parameter unless masked: g + wd * w
+    return add_decayed_weights(weight_decay, mask)
+
+
+def torch_sgd(
+    learning_rate: ScalarOrSchedule = 1e-3,
+    *,
+    momentum: float = 0.0,
+    nesterov: bool = False,
+    weight_decay: float = 0.0,
+    mask: Mask | None = None,
+    state_dtype: Any | None = None,
+) -> GradientTransformation:
+    """torch ``SGD`` (dampening 0): ``g' = g + wd*w``, ``b = m*b + g'``, ``w -= lr * (g' + m*b if nesterov else b)``.
+
+    Defaults are torch's (lr 1e-3). Nesterov needs ``momentum > 0``, as in torch.
+    """
+    _checks.in_unit_interval("momentum", momentum)
+    _checks.flag("nesterov", nesterov)
+    _checks.nesterov_momentum(nesterov, momentum)
+    return chain(_coupled_decay(weight_decay, mask), trace(momentum, nesterov, state_dtype=state_dtype), scale_by_learning_rate(learning_rate))
+
+
+def torch_rmsprop(
+    learning_rate: ScalarOrSchedule = 1e-2,
+    *,
+    decay_rate: float = 0.99,
+    epsilon: float = 1e-8,
+    weight_decay: float = 0.0,
+    momentum: float = 0.0,
+    centered: bool = False,
+    mask: Mask | None = None,
+    state_dtype: Any | None = None,
+) -> GradientTransformation:
+    """torch ``RMSprop`` (torch's ``alpha`` is ``decay_rate``): ``s = d*s + (1-d)*g'^2``,
+    ``q = g' / (sqrt(s [- mean^2 if centered]) + eps)`` (eps outside the root), ``b = m*b + q`` when
+    ``momentum > 0``, ``w -= lr * (b or q)``, with ``g' = g + wd*w``. Defaults are torch's."""
+    _checks.in_unit_interval("decay_rate", decay_rate)
+    _checks.in_unit_interval("momentum", momentum)
+    _checks.flag("centered", centered)
+    if centered:
+        direction = scale_by_centered_rms(decay_rate, epsilon, state_dtype=state_dtype)
+    else:
+        direction = scale_by_rms(decay_rate, epsilon, eps_in_sqrt=False, state_dtype=state_dtype)
+    steps = [_coupled_decay(weight_decay, mask), direction]
+    if momentum > 0:
+        steps.append(trace(momentum, state_dtype=state_dtype))
+    return chain(*steps, scale_by_learning_rate(learning_rate))
+
+
+# whether there is a momentum buffer at all depends on momentum > 0: inject_hyperparams keeps it static
+torch_rmsprop.static_hyperparameters = ("momentum",)  # type: ignore[attr-defined]
+
+
+def torch_adamw(
+    learning_rate: ScalarOrSchedule = 1e-3,
+    *,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    epsilon: float = 1e-8,
+    weight_decay: float = 0.01,
+    amsgrad: bool = False,
+    mask: Mask | None = None,
+    state_dtype: Any | None = None,
+) -> GradientTransformation:
+    """torch ``AdamW``: ``w = w - lr * (adam_direction + wd * w)`` (decay of the old weight, scaled by lr);
+    optax ``adamw`` is the same. The seed's 'L2' Adam decays the stepped weight instead. ``amsgrad``
+    is torch's form (:func:`mpnn_opt.transforms.scale_by_torch_amsgrad`). Defaults are torch's."""
+    _checks.flag("amsgrad", amsgrad)
+    block = scale_by_torch_amsgrad if amsgrad else scale_by_adam
+    direction = block(beta1, beta2, epsilon, state_dtype=state_dtype)
+    return chain(direction, add_decayed_weights(weight_decay, mask), scale_by_learning_rate(learning_rate))
+
+
+def torch_adagrad(
+    learning_rate: ScalarOrSchedule = 1e-2,
+    *,
+    epsilon: float = 1e-10,
+    initial_accumulator_value: float = 0.0,
+    weight_decay: float = 0.0,
+    mask: Mask | None = None,
+    state_dtype: Any | None = None,
+) -> GradientTransformation:
+    """torch ``Adagrad`` (lr_decay 0): ``s = s + g'^2``, ``w -= lr * g' / (sqrt(s) + eps)``, ``g' = g + wd*w``."""
+    direction = scale_by_torch_adagrad(initial_accumulator_value, epsilon, state_dtype=state_dtype)
+    return chain(_coupled_decay(weight_decay, mask), direction, scale_by_learning_rate(learning_rate))
+
+
+def nadam(
+    learning_rate: ScalarOrSchedule = 1e-3,
+    *,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    epsilon: float = 1e-8,
+    state_dtype: Any | None = None,
+) -> GradientTransformation:
+    """optax ``nadam``: see :func:`mpnn_opt.transforms.scale_by_nadam` (optax requires the learning rate; 1e-3 here)."""
+    return chain(scale_by_nadam(beta1, beta2, epsilon, state_dtype=state_dtype), scale_by_learning_rate(learning_rate))
+
+
+def lion(
+    learning_rate: ScalarOrSchedule = 1e-4,
+    *,
+    beta1: float = 0.9,
+    beta2: float = 0.99,
+    weight_decay: float = 1e-3,
+    mask: Mask | None = None,
+    state_dtype: Any | None = None,
+) -> GradientTransformation:
+    """optax ``lion``: ``w -= lr * (sign(b1*m + (1-b1)*g) + wd * w)``, ``m = b2*m + (1-b2)*g``.
+
+    optax requires the learning rate; 1e-4 here (Lion wants 3-10x less than Adam).
+    """
+    return chain(scale_by_lion(beta1, beta2, state_dtype=state_dtype), add_decayed_weights(weight_decay, mask), scale_by_learning_rate(learning_rate))

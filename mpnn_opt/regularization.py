@@ -48,6 +48,7 @@ __all__ = [
     "default_mask",
     "add_regularization",
     "add_decoupled_weight_decay",
+    "add_decayed_weights",
 ]
 
 Mask = Union[Any, Callable[[Params], Any]]
@@ -174,3 +175,13 @@ def add_decoupled_weight_decay(
         return tree_map(decay, updates, params, flags), state
 
     return with_learning_rate(learning_rate, EmptyState, init_empty_state, update_own)
+
+
+def add_decayed_weights(weight_decay: float = 0.0, mask: Mask | None = None) -> GradientTransformation:
+    """``u = g + weight_decay * w``, optax's ``add_decayed_weights``: on every leaf unless ``mask`` says
+    otherwise (``None`` means all leaves, as in optax; not the default rule of the other blocks).
+
+    Placed after the optimizer's direction and before the learning rate, it is torch ``AdamW``'s
+    ``w *= 1 - lr * wd``.
+    """
+    return add_regularization("L2", weight_decay, mask=True if mask is None else mask)

@@ -30,6 +30,18 @@ __all__ = [
     "rms_step",
     "ScaleByAdamState",
     "scale_by_adam",
+    "TraceState",
+    "trace",
+    "CenteredRmsState",
+    "scale_by_centered_rms",
+    "TorchAmsgradState",
+    "scale_by_torch_amsgrad",
+    "NadamState",
+    "scale_by_nadam",
+    "TorchAdagradState",
+    "scale_by_torch_adagrad",
+    "LionState",
+    "scale_by_lion",
 ]
 
 
@@ -176,13 +188,14 @@ class ScaleByRmsState(NamedTuple):
 
 
 def scale_by_rms(
-    decay_rate: float = 0.9, epsilon: float = 1e-8, *, eps_in_sqrt: bool = False, state_dtype: Any | None = None
+    decay_rate: float = 0.9, epsilon: float = 1e-8, *, eps_in_sqrt: bool = True, state_dtype: Any | None = None
 ) -> GradientTransformation:
-    """Divides by the root of a running mean of squared updates.
+    """Divides by the root of a running mean of squared updates: optax's ``scale_by_rms``.
 
-    ``c_t = decay * c_{t-1} + (1 - decay) * g_t^2``, ``c_0 = 0``, and
-    ``u_t = g_t / (sqrt(c_t) + eps)`` (the seed, torch ``RMSprop``), or with ``eps_in_sqrt=True``
-    ``u_t = g_t / sqrt(c_t + eps)`` (optax's default ``scale_by_rms``, Keras ``RMSprop``).
+    ``c_t = decay * c_{t-1} + (1 - decay) * g_t^2``, ``c_0 = 0``, and ``u_t = g_t / sqrt(c_t + eps)``
+    (the default, as optax's ``scale_by_rms`` and Keras ``RMSprop``), or with ``eps_in_sqrt=False``
+    ``u_t = g_t / (sqrt(c_t) + eps)`` (the seed's and torch's ``RMSprop``). optax's ``initial_scale``
+    and ``bias_correction`` are not offered (its defaults, 0 and False, are what this block does).
     """
     _checks.in_unit_interval("decay_rate", decay_rate)
     _checks.positive("epsilon", epsilon)
@@ -299,3 +312,190 @@ def scale_by_adam(
         return new_updates, ScaleByAdamState(count=count, momentums=momentums, velocities=velocities)
 
     return GradientTransformation(init_fn, update_fn)
+
+
+# Blocks for the optimizers of torch.optim and optax beyond the seed's three.
+
+
+def _state_tree(params: Params, state_dtype: Any | None, fill: float = 0.0) -> Any:
+    zeros = _init_state_tree(params, state_dtype)
+    return zeros if fill == 0.0 else tree_map(lambda z: jnp.full_like(z, fill), zeros)
+
+
+def _check_block(updates: Any, state: Any, state_type: type, name: str) -> Any:
+    check_state(state, state_type, state_type.__name__)
+    return _check_updates(updates, getattr(state, name), f"the optimizer state ({name})")
+
+
+class TraceState(NamedTuple):
+    trace: Any  # momentum buffer, mirrors params
+
+
+def trace(decay: float, nesterov: bool = False, *, state_dtype: Any | None = None) -> GradientTransformation:
+    """Momentum with the learning rate outside the buffer (torch ``SGD``, dampening 0; optax ``trace``).
+
+    ``b_t = decay * b_{t-1} + g_t``; ``u_t = g_t + decay * b_t`` if ``nesterov`` else ``b_t``.
+    """
+    _checks.in_unit_interval("decay", decay)
+    _checks.flag("nesterov", nesterov)
+    _checks.state_dtype(state_dtype)
+
+    def step(g, b, _):
+        b_new = decay * _to_compute(b) + _to_compute(g)
+        out = _to_compute(g) + decay * b_new if nesterov else b_new
+        return out.astype(g.dtype), b_new.astype(b.dtype)
+
+    return _one_buffer_block(TraceState, "trace", lambda params: _state_tree(params, state_dtype), step)
+
+
+class CenteredRmsState(NamedTuple):
+    mean_square: Any  # running mean of g^2
+    mean: Any  # running mean of g
+
+
+def scale_by_centered_rms(decay: float = 0.99, epsilon: float = 1e-8, *, state_dtype: Any | None = None) -> GradientTransformation:
+    """Centered RMSprop (torch ``RMSprop(centered=True)``): ``s = d*s + (1-d)*g^2``, ``a = d*a + (1-d)*g``,
+    ``u = g / (sqrt(s - a^2) + eps)`` (eps outside the root, as torch; optax's ``centered`` puts it inside)."""
+    _checks.in_unit_interval("decay", decay)
+    _checks.positive("epsilon", epsilon)
+    _checks.state_dtype(state_dtype)
+
+    def init_fn(params):
+        return CenteredRmsState(_state_tree(params, state_dtype), _state_tree(params, state_dtype))
+
+    def update_fn(updates, state, params=None):
+        del params
+        updates = _check_block(updates, state, CenteredRmsState, "mean")
+
+        def step(g, s, a):
+            g32 = _to_compute(g)
+            s_new = decay * _to_compute(s) + (1 - decay) * g32 * g32
+            a_new = decay * _to_compute(a) + (1 - decay) * g32
+            # safe_sqrt: s - a^2 can round below 0, where a plain root gives NaN
+            out = g32 / (safe_sqrt(s_new - a_new * a_new) + safe_epsilon(epsilon, g32.dtype))
+            return out.astype(g.dtype), s_new.astype(s.dtype), a_new.astype(a.dtype)
+
+        new_updates, squares, means = unzip(updates, tree_map(step, updates, state.mean_square, state.mean), 3)
+        return new_updates, CenteredRmsState(squares, means)
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+class TorchAmsgradState(NamedTuple):
+    count: jax.Array
+    momentums: Any
+    velocities: Any
+    max_velocities: Any  # running max of v, torch's max_exp_avg_sq
+
+
+def scale_by_torch_amsgrad(beta1: float = 0.9, beta2: float = 0.999, epsilon: float = 1e-8, *, state_dtype: Any | None = None) -> GradientTransformation:
+    """AMSGrad as torch ``Adam(amsgrad=True)``: ``v_max = max(v_max, v_t)``,
+    ``u = (m_t / (1 - b1^t)) / (sqrt(v_max) / sqrt(1 - b2^t) + eps)``. (optax's ``amsgrad`` takes the max
+    of the bias-corrected ``v``, which differs in the first steps.)"""
+    _checks.in_unit_interval("beta1", beta1)
+    _checks.in_unit_interval("beta2", beta2)
+    _checks.positive("epsilon", epsilon)
+    _checks.state_dtype(state_dtype)
+
+    def init_fn(params):
+        return TorchAmsgradState(zero_count(), *(_state_tree(params, state_dtype) for _ in range(3)))
+
+    def update_fn(updates, state, params=None):
+        del params
+        updates = _check_block(updates, state, TorchAmsgradState, "momentums")
+        count = safe_increment(state.count)
+        corrections = per_compute_dtype(updates, lambda dt: (bias_correction(beta1, count, dt), jnp.sqrt(bias_correction(beta2, count, dt))))
+
+        def step(g, m, v, v_max):
+            g32 = _to_compute(g)
+            bc1, sqrt_bc2 = corrections[g32.dtype]
+            m_new = beta1 * _to_compute(m) + (1 - beta1) * g32
+            v_new = beta2 * _to_compute(v) + (1 - beta2) * g32 * g32
+            v_max_new = jnp.maximum(_to_compute(v_max), v_new)
+            out = (m_new / bc1) / (safe_sqrt(v_max_new) / sqrt_bc2 + safe_epsilon(epsilon, g32.dtype))
+            return out.astype(g.dtype), m_new.astype(m.dtype), v_new.astype(v.dtype), v_max_new.astype(v_max.dtype)
+
+        out = tree_map(step, updates, state.momentums, state.velocities, state.max_velocities)
+        new_updates, m, v, v_max = unzip(updates, out, 4)
+        return new_updates, TorchAmsgradState(count, m, v, v_max)
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+class NadamState(NamedTuple):
+    count: jax.Array
+    momentums: Any
+    velocities: Any
+
+
+def scale_by_nadam(beta1: float = 0.9, beta2: float = 0.999, epsilon: float = 1e-8, *, state_dtype: Any | None = None) -> GradientTransformation:
+    """NAdam in optax's form (Dozat 2016 without momentum decay):
+    ``m_hat = b1 * m_t / (1 - b1^(t+1)) + (1 - b1) * g_t / (1 - b1^t)``, ``u = m_hat / (sqrt(v_t / (1 - b2^t)) + eps)``.
+    torch ``NAdam`` also decays the momentum coefficient (``momentum_decay=0.004``), so it differs."""
+    _checks.in_unit_interval("beta1", beta1)
+    _checks.in_unit_interval("beta2", beta2)
+    _checks.positive("epsilon", epsilon)
+    _checks.state_dtype(state_dtype)
+
+    def init_fn(params):
+        return NadamState(zero_count(), _state_tree(params, state_dtype), _state_tree(params, state_dtype))
+
+    def update_fn(updates, state, params=None):
+        del params
+        updates = _check_block(updates, state, NadamState, "momentums")
+        count = safe_increment(state.count)
+        corrections = per_compute_dtype(
+            updates,
+            lambda dt: (bias_correction(beta1, count, dt), bias_correction(beta1, safe_increment(count), dt), bias_correction(beta2, count, dt)),
+        )
+
+        def step(g, m, v):
+            g32 = _to_compute(g)
+            dtype = g32.dtype
+            bc1, bc1_next, bc2 = corrections[dtype]
+            m_new = beta1 * _to_compute(m) + (1 - beta1) * g32
+            v_new = beta2 * _to_compute(v) + (1 - beta2) * g32 * g32
+            m_hat = beta1 * m_new / bc1_next + (1 - beta1) * g32 / bc1
+            out = m_hat / (safe_sqrt(v_new / bc2) + safe_epsilon(epsilon, dtype))
+            return out.astype(g.dtype), m_new.astype(m.dtype), v_new.astype(v.dtype)
+
+        new_updates, m, v = unzip(updates, tree_map(step, updates, state.momentums, state.velocities), 3)
+        return new_updates, NadamState(count, m, v)
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+class TorchAdagradState(NamedTuple):
+    sum_of_squares: Any
+
+
+def scale_by_torch_adagrad(initial_accumulator_value: float = 0.0, epsilon: float = 1e-10, *, state_dtype: Any | None = None) -> GradientTransformation:
+    """Adagrad as torch ``Adagrad`` (defaults 0 and 1e-10): ``s = s + g^2``, ``u = g / (sqrt(s) + eps)``.
+    optax ``adagrad`` starts at 0.1 and puts eps inside the root."""
+    _checks.non_negative("initial_accumulator_value", initial_accumulator_value)
+    _checks.positive("epsilon", epsilon)
+    _checks.state_dtype(state_dtype)
+
+    def step(g, s, _):
+        s_new = _to_compute(s) + _to_compute(g) * _to_compute(g)
+        return (_to_compute(g) / (safe_sqrt(s_new) + safe_epsilon(epsilon, s_new.dtype))).astype(g.dtype), s_new.astype(s.dtype)
+
+    return _one_buffer_block(TorchAdagradState, "sum_of_squares", lambda params: _state_tree(params, state_dtype, initial_accumulator_value), step)
+
+
+class LionState(NamedTuple):
+    momentums: Any
+
+
+def scale_by_lion(beta1: float = 0.9, beta2: float = 0.99, *, state_dtype: Any | None = None) -> GradientTransformation:
+    """Lion (Chen et al. 2023; optax ``scale_by_lion``): ``u = sign(b1 * m + (1 - b1) * g)``,
+    then ``m = b2 * m + (1 - b2) * g``."""
+    _checks.in_unit_interval("beta1", beta1)
+    _checks.in_unit_interval("beta2", beta2)
+    _checks.state_dtype(state_dtype)
+
+    def step(g, m, _):
+        out = jnp.sign(beta1 * _to_compute(m) + (1 - beta1) * _to_compute(g))
+        return out.astype(g.dtype), (beta2 * _to_compute(m) + (1 - beta2) * _to_compute(g)).astype(m.dtype)
+
+    return _one_buffer_block(LionState, "momentums", lambda params: _state_tree(params, state_dtype), step)

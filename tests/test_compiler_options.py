@@ -19,7 +19,7 @@ def test_small_trees_on_cpu_get_the_option_and_large_or_empty_ones_nothing():
     assert mpnn_opt.cpu_compiler_options({"w": jax.ShapeDtypeStruct(((1 << 20) - 1,), jnp.float32)}) == NO_SPLIT
     assert mpnn_opt.cpu_compiler_options(small, parallel_loop_min_elements=1000) == {}
     assert mpnn_opt.cpu_compiler_options({}) == {}
-    assert mpnn_opt.PARALLEL_LOOP_MIN_ELEMENTS == 1 << 20
+    assert mpnn_opt.compiler_options.PARALLEL_LOOP_MIN_ELEMENTS == 1 << 20
 
 
 @pytest.mark.parametrize("bad", [0, -1, 2.5, True, None])

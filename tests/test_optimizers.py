@@ -20,7 +20,7 @@ from mpneuralnetwork.losses import MSE
 from mpneuralnetwork.model import Model
 
 from oracles import SeedLayer, random_tree, relative_error
-from mpnn_opt import optimizers as ours
+from mpnn_opt.optimizers import _adapter as ours
 
 CLASSES = ("SGD", "RMSprop", "Adam")
 SETTINGS = {
@@ -178,7 +178,7 @@ def _tree_error(got: dict, expected: dict) -> float:
 
 
 @pytest.mark.parametrize("name", CLASSES)
-def test_changing_hyperparameters_between_steps_takes_effect_without_recompiling(name, rng):
+def test_changing_hyperparameters_between_steps_takes_effect_without_recompiling(name, rng, monkeypatch):
     changes = {
         "SGD": {2: dict(learning_rate=0.01), 4: dict(momentum=0.5, weight_decay=0.1)},
         "RMSprop": {2: dict(learning_rate=0.002), 4: dict(decay_rate=0.8, epsilon=1e-4)},
@@ -187,10 +187,12 @@ def test_changing_hyperparameters_between_steps_takes_effect_without_recompiling
     params0, grads = random_tree(rng), [random_tree(rng) for _ in range(6)]
     ours_optimizer, seed_optimizer = _pair(name, "L2")
     _run_both(*_pair(name, "L2"), params0, grads[:1], {})  # compiles for these shapes
-    traces_before = sum(ours.TRACE_COUNTS.values())
+    traces = []
+    real_update_tree = ours._update_tree  # the body of the compiled update: it runs once per trace
+    monkeypatch.setattr(ours, "_update_tree", lambda *args: traces.append(1) or real_update_tree(*args))
     got, expected = _run_both(ours_optimizer, seed_optimizer, params0, grads, changes)
     assert _tree_error(got, expected) <= 1e-5
-    assert sum(ours.TRACE_COUNTS.values()) == traces_before
+    assert traces == []
 
 
 def test_an_invalid_value_set_between_steps_raises_at_assignment_naming_it_and_changes_nothing(rng):
@@ -385,16 +387,21 @@ def test_step_donates_spare_buffers_not_the_live_state_and_outputs_reuse_their_m
 
 
 @pytest.mark.parametrize(
-    "module, environment, expected",
-    [("mpnn_opt.optimizers", None, "False"), ("mpnn_opt.optimizers", "1", "True"), ("mpnn_opt", None, "True")],
+    "code, expected",
+    [
+        # importing changes no process setting (JAX's default is asynchronous dispatch)
+        ("import jax, mpnn_opt.optimizers; print(jax.config.read('jax_cpu_enable_async_dispatch'))", "True"),
+        # the explicit call, made before JAX starts, turns it off and says so
+        ("import jax, mpnn_opt.optimizers as o; print(o.use_synchronous_dispatch(), jax.config.read('jax_cpu_enable_async_dispatch'))",
+         "True False"),
+        # once JAX's backend runs, the setting can no longer take effect: the call says so and changes nothing
+        ("import jax, mpnn_opt.optimizers as o; jax.numpy.ones(1); print(o.use_synchronous_dispatch(), jax.config.read('jax_cpu_enable_async_dispatch'))",
+         "False True"),
+    ],
 )
-def test_importing_the_adapter_turns_off_async_cpu_dispatch_unless_the_environment_chose(module, environment, expected):
-    # A fresh interpreter: in this one JAX's CPU backend is already running, so the flag no longer matters.
-    # The package alone leaves JAX's default alone: the adapter module is imported on first use.
+def test_the_dispatch_setting_is_an_explicit_call_not_an_import_side_effect(code, expected):
+    # A fresh interpreter: in this one JAX's CPU backend is already running.
     env = {key: value for key, value in os.environ.items() if key != "JAX_CPU_ENABLE_ASYNC_DISPATCH"}
-    if environment is not None:
-        env["JAX_CPU_ENABLE_ASYNC_DISPATCH"] = environment
-    code = f"import jax, {module}; print(jax.config.read('jax_cpu_enable_async_dispatch'))"
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == expected

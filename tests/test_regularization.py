@@ -58,7 +58,7 @@ def test_decoupled_weight_decay_follows_a_learning_rate_schedule():
 
 def test_seed_name_mask_uses_the_last_key_of_each_path():
     params = {"bias_block": {"weights": 1.0}, "dense": {"biases": 1.0, "W": 1.0}, "norm": [{"gamma": 1.0}, {"beta": 1.0}], "list": [1.0]}
-    assert mpnn_opt.seed_name_mask(params) == {
+    assert mpnn_opt.regularization.seed_name_mask(params) == {
         "bias_block": {"weights": True},
         "dense": {"biases": False, "W": True},
         "norm": [{"gamma": False}, {"beta": False}],

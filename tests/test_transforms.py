@@ -46,8 +46,8 @@ def test_momentum_velocity_keeps_the_learning_rate_inside_the_buffer():
     np.testing.assert_allclose(state.velocities["w"], v, rtol=1e-6)
 
 
-def test_scale_by_rms_puts_eps_outside_the_root():
-    outputs, state = _run(mpnn_opt.scale_by_rms(0.9, 1e-3))
+def test_scale_by_rms_with_eps_in_sqrt_false_puts_eps_outside_the_root():
+    outputs, state = _run(mpnn_opt.scale_by_rms(0.9, 1e-3, eps_in_sqrt=False))
     c = np.zeros(3)
     for got, g in zip(outputs, GRADS):
         c = 0.9 * c + 0.1 * g**2
@@ -68,7 +68,7 @@ def test_rms_step_multiplies_by_the_learning_rate_before_dividing():
 def test_rms_step_equals_scale_by_rms_then_the_learning_rate_and_reads_a_schedule():
     schedule = lambda count: 0.1 / (count + 1)  # noqa: E731
     fused, state = _run(mpnn_opt.rms_step(schedule, 0.8, 1e-2))
-    divide_first, _ = _run(mpnn_opt.chain(mpnn_opt.scale_by_rms(0.8, 1e-2), mpnn_opt.scale_by_learning_rate(schedule)))
+    divide_first, _ = _run(mpnn_opt.chain(mpnn_opt.scale_by_rms(0.8, 1e-2, eps_in_sqrt=False), mpnn_opt.scale_by_learning_rate(schedule)))
     for got, want in zip(fused, divide_first):
         np.testing.assert_allclose(got, want, rtol=1e-6)
     assert int(state.count) == 3

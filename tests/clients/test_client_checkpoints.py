@@ -218,7 +218,7 @@ def test_orbax_without_a_target_restores_dicts_that_update_refuses(orbax_root):
         untyped = checkpointer.restore(orbax_root / "standard_checkpointer-skip_non_finite")
         typed = checkpointer.restore(orbax_root / "standard_checkpointer-skip_non_finite", jax.eval_shape(lambda: target(tx)))
     assert type(untyped["opt_state"]) is dict and set(untyped["opt_state"]) == {"inner_state", "skipped", "last_finite"}
-    assert type(typed["opt_state"]) is mpnn_opt.SkipNonFiniteState
+    assert type(typed["opt_state"]) is mpnn_opt.wrappers.SkipNonFiniteState
     assert int(typed["opt_state"].skipped) == 1
     with pytest.raises(TypeError, match="SkipNonFiniteState"):
         tx.update(untyped["params"], untyped["opt_state"], untyped["params"])

@@ -35,7 +35,7 @@ TRANSFORMS = {
     "adam-schedule": lambda: mpnn_opt.adam(optax.exponential_decay(0.01, 1, 0.5)),
     "chain-L1-rms-momentum": lambda: mpnn_opt.chain(
         mpnn_opt.add_regularization("L1", 0.01),
-        mpnn_opt.scale_by_rms(0.9, 1e-8),
+        mpnn_opt.scale_by_rms(0.9, 1e-8, eps_in_sqrt=False),
         mpnn_opt.momentum_velocity(0.01, 0.5),
     ),
 }

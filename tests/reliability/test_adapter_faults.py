@@ -20,8 +20,8 @@ from mpneuralnetwork import optimizers as seed
 from mpneuralnetwork import serialization
 
 from oracles import SeedLayer, random_tree, relative_error
-from mpnn_opt import _layer_tree
-from mpnn_opt import optimizers as ours
+from mpnn_opt.optimizers import _staging as _layer_tree
+from mpnn_opt.optimizers import _adapter as ours
 
 CLASSES = ("SGD", "RMSprop", "Adam")
 SETTINGS = {
@@ -456,9 +456,9 @@ def test_float64_parameters_are_updated_in_float64_as_the_seed_does():
         for _ in range(100):
             optimizer.step([SeedLayer({"weights": weight}, {"weights": np.full((2, 2), 1e-6)})])  # lr * grad = 1e-8
         moved[module.__name__] = 1.0 - weight
-    assert moved["mpnn_opt.optimizers"].dtype == np.float64
-    np.testing.assert_allclose(moved["mpnn_opt.optimizers"], moved["mpneuralnetwork.optimizers"], rtol=1e-6)
-    np.testing.assert_allclose(moved["mpnn_opt.optimizers"], 1e-6, rtol=1e-6)
+    assert moved[ours.__name__].dtype == np.float64
+    np.testing.assert_allclose(moved[ours.__name__], moved["mpneuralnetwork.optimizers"], rtol=1e-6)
+    np.testing.assert_allclose(moved[ours.__name__], 1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize("mode", ["L1", "L2"])
@@ -504,7 +504,7 @@ def test_one_array_in_two_layers_is_updated_twice_a_step_sharing_one_state_as_in
         results[module.__name__] = (weights, biases_a, biases_b, other)
         state = optimizer.params
         assert all(len(value) == 4 for value in state.values() if isinstance(value, dict))  # one entry for the tied array
-    for got, expected in zip(results["mpnn_opt.optimizers"], results["mpneuralnetwork.optimizers"]):
+    for got, expected in zip(results[ours.__name__], results["mpneuralnetwork.optimizers"]):
         assert relative_error(got, expected) <= 2e-6
 
 

@@ -12,7 +12,7 @@ import optax
 import pytest
 
 import mpnn_opt
-from mpnn_opt import presets, schedules
+from mpnn_opt import schedules
 from mpnn_opt.hyperparams import inject_hyperparams, read_value, with_hyperparam
 from mpnn_opt.wrappers import ema_params, params_ema_init, params_ema_update
 
@@ -91,11 +91,11 @@ def test_inject_hyperparams_keeps_a_callable_mask_static():
 
 def test_inject_hyperparams_with_a_structural_default_still_builds():
     # torch_rmsprop decides whether it has a momentum buffer from momentum > 0: kept static, not injected
-    tx = inject_hyperparams(presets.torch_rmsprop)(learning_rate=0.01)
+    tx = inject_hyperparams(mpnn_opt.torch_rmsprop)(learning_rate=0.01)
     params = {"w": jnp.ones(2)}
     state = tx.init(params)
     updates, state = jax.jit(tx.update)({"w": jnp.array([1.0, -1.0])}, state, params)
-    assert "momentum" not in state.hyperparams and "alpha" in state.hyperparams
+    assert "momentum" not in state.hyperparams and "decay_rate" in state.hyperparams
     # by hand: torch RMSprop first step, s = (1 - 0.99) g^2, u = -lr * g / (sqrt(s) + eps) = -0.1 * sign(g)
     np.testing.assert_allclose(updates["w"], [-0.1, 0.1], rtol=1e-5)
 

@@ -18,7 +18,7 @@ import pytest
 
 import mpnn_opt
 from mpnn_opt.hyperparams import read_value
-from mpnn_opt import accumulation, aliases, clipping, extra_transforms, presets, regularization, schedules, transforms, wrappers
+from mpnn_opt import accumulation, aliases, clipping, regularization, schedules, transforms, wrappers
 
 NAN, INF = float("nan"), float("inf")
 
@@ -94,37 +94,29 @@ FACTORIES = {
     "scale_by_rms": (transforms.scale_by_rms, {}, {"decay_rate": "unit", "epsilon": "positive", "eps_in_sqrt": "flag", **STATE}),
     "rms_step": (transforms.rms_step, {"learning_rate": 0.1}, {**LR, "decay_rate": "unit", "epsilon": "positive", **STATE}),
     "scale_by_adam": (transforms.scale_by_adam, {}, {"beta1": "unit", "beta2": "unit", "epsilon": "positive", "epsilon_hat": "flag", **STATE}),
-    "trace": (extra_transforms.trace, {"decay": 0.9}, {"decay": "unit", "nesterov": "flag", **STATE}),
-    "add_decayed_weights": (extra_transforms.add_decayed_weights, {"weight_decay": 0.1}, {"weight_decay": "non_negative"}),
-    "scale_by_centered_rms": (extra_transforms.scale_by_centered_rms, {}, {"decay": "unit", "epsilon": "positive", **STATE}),
-    "scale_by_amsgrad": (extra_transforms.scale_by_amsgrad, {}, {"beta1": "unit", "beta2": "unit", "epsilon": "positive", **STATE}),
-    "scale_by_nadam": (extra_transforms.scale_by_nadam, {}, {"beta1": "unit", "beta2": "unit", "epsilon": "positive", **STATE}),
-    "scale_by_rss": (extra_transforms.scale_by_rss, {}, {"initial_accumulator_value": "non_negative", "epsilon": "positive", **STATE}),
-    "scale_by_lion": (extra_transforms.scale_by_lion, {}, {"beta1": "unit", "beta2": "unit", **STATE}),
+    "trace": (transforms.trace, {"decay": 0.9}, {"decay": "unit", "nesterov": "flag", **STATE}),
+    "add_decayed_weights": (regularization.add_decayed_weights, {"weight_decay": 0.1}, {"weight_decay": "non_negative"}),
+    "scale_by_centered_rms": (transforms.scale_by_centered_rms, {}, {"decay": "unit", "epsilon": "positive", **STATE}),
+    "scale_by_torch_amsgrad": (transforms.scale_by_torch_amsgrad, {}, {"beta1": "unit", "beta2": "unit", "epsilon": "positive", **STATE}),
+    "scale_by_nadam": (transforms.scale_by_nadam, {}, {"beta1": "unit", "beta2": "unit", "epsilon": "positive", **STATE}),
+    "scale_by_torch_adagrad": (transforms.scale_by_torch_adagrad, {}, {"initial_accumulator_value": "non_negative", "epsilon": "positive", **STATE}),
+    "scale_by_lion": (transforms.scale_by_lion, {}, {"beta1": "unit", "beta2": "unit", **STATE}),
     "add_regularization": (regularization.add_regularization, {"regularization": "L2", "weight_decay": 0.1}, {"weight_decay": "non_negative"}),
     "add_regularization None": (regularization.add_regularization, {"regularization": None, "weight_decay": 0.1}, {"weight_decay": "non_negative"}),
     "add_decoupled_weight_decay": (regularization.add_decoupled_weight_decay, {"learning_rate": 0.1, "weight_decay": 0.1},
                                    {**LR, "weight_decay": "non_negative"}),
-    "torch_sgd": (presets.torch_sgd, {"learning_rate": 0.1, "momentum": 0.9},
+    "torch_sgd": (aliases.torch_sgd, {"learning_rate": 0.1, "momentum": 0.9},
                   {**LR, "momentum": "unit", "nesterov": "flag", "weight_decay": "non_negative"}),
-    "torch_rmsprop": (presets.torch_rmsprop, {}, {**LR, "alpha": "unit", "epsilon": "positive", "weight_decay": "non_negative",
+    "torch_rmsprop": (aliases.torch_rmsprop, {}, {**LR, "decay_rate": "unit", "epsilon": "positive", "weight_decay": "non_negative",
                                                   "momentum": "unit", "centered": "flag"}),
-    "torch_rmsprop centered": (presets.torch_rmsprop, {"centered": True}, {"alpha": "unit", "epsilon": "positive"}),
-    "torch_adamw": (presets.torch_adamw, {}, {**LR, "beta1": "unit", "beta2": "unit", "epsilon": "positive", "weight_decay": "non_negative",
+    "torch_rmsprop centered": (aliases.torch_rmsprop, {"centered": True}, {"decay_rate": "unit", "epsilon": "positive"}),
+    "torch_adamw": (aliases.torch_adamw, {}, {**LR, "beta1": "unit", "beta2": "unit", "epsilon": "positive", "weight_decay": "non_negative",
                                               "amsgrad": "flag"}),
-    "torch_adamw amsgrad": (presets.torch_adamw, {"amsgrad": True}, {"beta1": "unit", "beta2": "unit", "epsilon": "positive"}),
-    "torch_adagrad": (presets.torch_adagrad, {}, {**LR, "epsilon": "positive", "initial_accumulator_value": "non_negative",
+    "torch_adamw amsgrad": (aliases.torch_adamw, {"amsgrad": True}, {"beta1": "unit", "beta2": "unit", "epsilon": "positive"}),
+    "torch_adagrad": (aliases.torch_adagrad, {}, {**LR, "epsilon": "positive", "initial_accumulator_value": "non_negative",
                                                   "weight_decay": "non_negative"}),
-    "nadam": (presets.nadam, {"learning_rate": 0.1}, {**LR, "beta1": "unit", "beta2": "unit", "epsilon": "positive"}),
-    "lion": (presets.lion, {"learning_rate": 0.1}, {**LR, "beta1": "unit", "beta2": "unit", "weight_decay": "non_negative"}),
-    "conventional sgd torch": (presets.conventional, {"optimizer": "sgd", "convention": "torch", "learning_rate": 0.1},
-                               {**LR, "momentum": "unit"}),
-    "conventional sgd keras": (presets.conventional, {"optimizer": "sgd", "convention": "keras", "learning_rate": 0.1},
-                               {**LR, "momentum": "unit"}),
-    "conventional rmsprop optax": (presets.conventional, {"optimizer": "rmsprop", "convention": "optax", "learning_rate": 0.1},
-                                   {**LR, "decay_rate": "unit", "epsilon": "positive"}),
-    "conventional adam keras": (presets.conventional, {"optimizer": "adam", "convention": "keras", "learning_rate": 0.1},
-                                {**LR, "beta1": "unit", "beta2": "unit", "epsilon": "positive"}),
+    "nadam": (aliases.nadam, {"learning_rate": 0.1}, {**LR, "beta1": "unit", "beta2": "unit", "epsilon": "positive"}),
+    "lion": (aliases.lion, {"learning_rate": 0.1}, {**LR, "beta1": "unit", "beta2": "unit", "weight_decay": "non_negative"}),
     "constant_schedule": (schedules.constant_schedule, {"value": 0.1}, {"value": "finite"}),
     "linear_schedule": (schedules.linear_schedule, {"init_value": 1.0, "end_value": 0.0, "transition_steps": 10},
                         {"init_value": "finite", "end_value": "finite", "transition_steps": "count", "transition_begin": "index"}),
@@ -198,11 +190,6 @@ OTHER_BAD = [
     ("adam", {"regularization": 2}, ValueError, ["regularization", "2"]),
     ("rmsprop", {"regularization": True}, ValueError, ["regularization", "True"]),
     ("add_regularization", {"regularization": np.array(["L1", "L2"])}, ValueError, ["regularization", "array(['L1', 'L2']"]),
-    ("conventional sgd torch", {"convention": "tf"}, ValueError, ["convention", "'tf'"]),
-    ("conventional sgd torch", {"convention": None}, ValueError, ["convention", "None"]),
-    ("conventional sgd torch", {"convention": np.array(["torch", "keras"])}, ValueError, ["convention", "array(["]),
-    ("conventional sgd torch", {"optimizer": "lamb"}, ValueError, ["optimizer", "'lamb'"]),
-    ("conventional sgd torch", {"nesterov": "yes", "momentum": 0.9}, TypeError, ["nesterov", "'yes'"]),
     ("piecewise_constant_schedule", {"boundaries_and_scales": {5: -0.1}}, ValueError, ["boundaries_and_scales[5]", "-0.1"]),
     ("piecewise_constant_schedule", {"boundaries_and_scales": {5: "0.1"}}, TypeError, ["boundaries_and_scales[5]", "'0.1'"]),
     ("piecewise_constant_schedule", {"boundaries_and_scales": {5: NAN}}, ValueError, ["boundaries_and_scales[5]", "nan"]),
@@ -245,11 +232,10 @@ def test_join_schedules_accepts_numpy_int_boundaries():
 # Contradictory combinations.
 
 CONTRADICTIONS = [
-    ("torch_sgd nesterov without momentum", lambda: presets.torch_sgd(0.1, momentum=0.0, nesterov=True), ["nesterov", "momentum", "0.0"]),
-    ("torch_sgd nesterov with int 0", lambda: presets.torch_sgd(0.1, momentum=0, nesterov=True), ["nesterov", "momentum=0"]),
-    ("torch_sgd nesterov with np.float32 0", lambda: presets.torch_sgd(0.1, momentum=np.float32(0), nesterov=True),
+    ("torch_sgd nesterov without momentum", lambda: aliases.torch_sgd(0.1, momentum=0.0, nesterov=True), ["nesterov", "momentum", "0.0"]),
+    ("torch_sgd nesterov with int 0", lambda: aliases.torch_sgd(0.1, momentum=0, nesterov=True), ["nesterov", "momentum=0"]),
+    ("torch_sgd nesterov with np.float32 0", lambda: aliases.torch_sgd(0.1, momentum=np.float32(0), nesterov=True),
      ["nesterov", repr(np.float32(0))]),
-    ("conventional torch nesterov default momentum", lambda: presets.conventional("sgd", "torch", 0.1, nesterov=True), ["nesterov", "momentum"]),
     ("exponential_decay end above a decay", lambda: schedules.exponential_decay(1.0, 10, 0.5, end_value=2.0), ["end_value", "2.0", "init_value"]),
     ("exponential_decay end below a growth", lambda: schedules.exponential_decay(1.0, 10, 2.0, end_value=0.5), ["end_value", "0.5", "init_value"]),
     ("warmup_cosine end with a zero peak", lambda: schedules.warmup_cosine_decay_schedule(0.0, 0.0, 1, 10, end_value=0.1),
@@ -266,8 +252,8 @@ def test_a_contradictory_combination_is_refused_naming_both_arguments(build, par
 
 
 def test_the_contradictions_edges_are_accepted():
-    presets.torch_sgd(0.1, momentum=0.0, nesterov=False)
-    presets.torch_sgd(0.1, momentum=0.1, nesterov=True)
+    aliases.torch_sgd(0.1, momentum=0.0, nesterov=False)
+    aliases.torch_sgd(0.1, momentum=0.1, nesterov=True)
     schedules.exponential_decay(1.0, 10, 0.5, end_value=1.0)
     schedules.exponential_decay(-1.0, 10, 0.5, end_value=-0.5)  # a negative init rises towards 0: no claim made
     schedules.warmup_cosine_decay_schedule(0.0, 0.0, 1, 10, end_value=0.0)
@@ -281,7 +267,7 @@ def test_a_schedule_and_a_traced_value_pass_unchecked():
     mpnn_opt.adam(learning_rate=schedules.linear_schedule(0.1, 0.0, 10))
 
     def build(value):
-        presets.torch_sgd(value, momentum=value, nesterov=True, weight_decay=value)
+        aliases.torch_sgd(value, momentum=value, nesterov=True, weight_decay=value)
         mpnn_opt.adam(value, weight_decay=value, beta1=value, beta2=value, epsilon=value)
         accumulation.accumulate(mpnn_opt.identity(), jnp.asarray(value, jnp.int32))
         return value
@@ -309,7 +295,7 @@ NUMBERS = [
     ("sgd", {"learning_rate": 0.01, "weight_decay": 0.01, "momentum": 0.9}),
     ("rmsprop", {"learning_rate": 0.01, "weight_decay": 0.01, "decay_rate": 0.9, "epsilon": 1e-6}),
     ("torch_sgd", {"learning_rate": 0.01, "weight_decay": 0.01, "momentum": 0.9}),
-    ("torch_rmsprop", {"learning_rate": 0.01, "weight_decay": 0.01, "alpha": 0.9, "epsilon": 1e-6}),
+    ("torch_rmsprop", {"learning_rate": 0.01, "weight_decay": 0.01, "decay_rate": 0.9, "epsilon": 1e-6}),
     ("torch_adamw", {"learning_rate": 0.01, "weight_decay": 0.01, "beta1": 0.8, "beta2": 0.99, "epsilon": 1e-6}),
     ("torch_adagrad", {"learning_rate": 0.01, "weight_decay": 0.01, "initial_accumulator_value": 0.1, "epsilon": 1e-6}),
     ("nadam", {"learning_rate": 0.01, "beta1": 0.8, "beta2": 0.99, "epsilon": 1e-6}),

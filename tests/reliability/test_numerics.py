@@ -16,7 +16,7 @@ import optax
 import pytest
 
 import mpnn_opt
-from mpnn_opt import extra_transforms, presets
+
 
 # every optimizer factory, built with weight decay off so that a zero gradient must give a zero update
 OPTIMIZERS = {
@@ -24,12 +24,12 @@ OPTIMIZERS = {
     "rmsprop": lambda lr=0.1: mpnn_opt.rmsprop(lr, None),
     "adam": lambda lr=0.1: mpnn_opt.adam(lr, None),
     "adam L1": lambda lr=0.1: mpnn_opt.adam(lr, "L1", 0.0),
-    "torch_sgd nesterov": lambda lr=0.1: presets.torch_sgd(lr, momentum=0.9, nesterov=True),
-    "torch_rmsprop centered momentum": lambda lr=0.1: presets.torch_rmsprop(lr, centered=True, momentum=0.5),
-    "torch_adamw amsgrad": lambda lr=0.1: presets.torch_adamw(lr, weight_decay=0.0, amsgrad=True),
-    "torch_adagrad": lambda lr=0.1: presets.torch_adagrad(lr),
-    "nadam": lambda lr=0.1: presets.nadam(lr),
-    "lion": lambda lr=0.1: presets.lion(lr, weight_decay=0.0),
+    "torch_sgd nesterov": lambda lr=0.1: mpnn_opt.torch_sgd(lr, momentum=0.9, nesterov=True),
+    "torch_rmsprop centered momentum": lambda lr=0.1: mpnn_opt.torch_rmsprop(lr, centered=True, momentum=0.5),
+    "torch_adamw amsgrad": lambda lr=0.1: mpnn_opt.torch_adamw(lr, weight_decay=0.0, amsgrad=True),
+    "torch_adagrad": lambda lr=0.1: mpnn_opt.torch_adagrad(lr),
+    "nadam": lambda lr=0.1: mpnn_opt.nadam(lr),
+    "lion": lambda lr=0.1: mpnn_opt.lion(lr, weight_decay=0.0),
     "rms eps in sqrt": lambda lr=0.1: mpnn_opt.chain(mpnn_opt.scale_by_rms(eps_in_sqrt=True), mpnn_opt.scale_by_learning_rate(lr)),
     "keras adam": lambda lr=0.1: mpnn_opt.chain(mpnn_opt.scale_by_adam(epsilon_hat=True), mpnn_opt.scale_by_learning_rate(lr)),
     "clip global + sgd": lambda lr=0.1: mpnn_opt.chain(mpnn_opt.clip_by_global_norm(1.0), mpnn_opt.sgd(lr, None)),
@@ -98,10 +98,10 @@ def test_a_zero_gradient_gives_an_exactly_zero_update(name, dtype):
     [
         lambda: mpnn_opt.adam(0.1, None, epsilon=1e-50),
         lambda: mpnn_opt.rmsprop(0.1, None, epsilon=1e-50),
-        lambda: presets.torch_adagrad(0.1, epsilon=1e-60),
-        lambda: presets.nadam(0.1, epsilon=1e-45),
-        lambda: presets.torch_adamw(0.1, epsilon=1e-50, weight_decay=0.0, amsgrad=True),
-        lambda: presets.torch_rmsprop(0.1, epsilon=1e-50, centered=True),
+        lambda: mpnn_opt.torch_adagrad(0.1, epsilon=1e-60),
+        lambda: mpnn_opt.nadam(0.1, epsilon=1e-45),
+        lambda: mpnn_opt.torch_adamw(0.1, epsilon=1e-50, weight_decay=0.0, amsgrad=True),
+        lambda: mpnn_opt.torch_rmsprop(0.1, epsilon=1e-50, centered=True),
         lambda: mpnn_opt.chain(mpnn_opt.scale_by_rms(epsilon=1e-300, eps_in_sqrt=True), mpnn_opt.scale_by_learning_rate(0.1)),
     ],
     ids=["adam", "rmsprop", "adagrad", "nadam", "amsgrad", "centered", "rms eps in sqrt"],

@@ -16,7 +16,7 @@ import optax
 import pytest
 
 import mpnn_opt
-from mpnn_opt import presets
+
 
 FACTORIES = {
     "sgd": lambda: mpnn_opt.sgd(0.1),
@@ -24,12 +24,12 @@ FACTORIES = {
     "adam": lambda: mpnn_opt.adam(0.1),
     "adam L1": lambda: mpnn_opt.adam(0.1, "L1"),
     "adam schedule": lambda: mpnn_opt.adam(lambda count: 0.1),
-    "torch_sgd": lambda: presets.torch_sgd(0.1, momentum=0.9),
-    "torch_rmsprop centered": lambda: presets.torch_rmsprop(0.1, centered=True),
-    "torch_adamw amsgrad": lambda: presets.torch_adamw(0.1, amsgrad=True),
-    "torch_adagrad": lambda: presets.torch_adagrad(0.1),
-    "nadam": lambda: presets.nadam(0.1),
-    "lion": lambda: presets.lion(0.1),
+    "torch_sgd": lambda: mpnn_opt.torch_sgd(0.1, momentum=0.9),
+    "torch_rmsprop centered": lambda: mpnn_opt.torch_rmsprop(0.1, centered=True),
+    "torch_adamw amsgrad": lambda: mpnn_opt.torch_adamw(0.1, amsgrad=True),
+    "torch_adagrad": lambda: mpnn_opt.torch_adagrad(0.1),
+    "nadam": lambda: mpnn_opt.nadam(0.1),
+    "lion": lambda: mpnn_opt.lion(0.1),
     "masked adam": lambda: mpnn_opt.masked(mpnn_opt.adam(0.1), {"weights": True, "bias": False}),
     "partition": lambda: mpnn_opt.partition({"a": mpnn_opt.adam(0.1), "s": mpnn_opt.sgd(0.1)}, {"weights": "a", "bias": "s"}),
     "accumulate": lambda: mpnn_opt.accumulate(mpnn_opt.adam(0.1), 2),

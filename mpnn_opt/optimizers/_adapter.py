@@ -19,11 +19,11 @@ Hyperparameters enter the compiled function as traced arguments, so assigning
 ``optimizer.learning_rate`` (or any other hyperparameter) between steps takes effect without
 recompiling; changing ``regularization``, or the set or shapes of the parameters, compiles once more.
 
-Importing this module (``import mpnn_opt`` alone does not) sets ``jax_cpu_enable_async_dispatch`` to
-False unless the environment variable ``JAX_CPU_ENABLE_ASYNC_DISPATCH`` is set: ``step`` waits for
-its result, so asynchronous dispatch would only add two thread hand-offs (35-45 us) to every step. It
-takes effect only if JAX has not yet started its CPU backend. Models whose buffers are under 2^20
-floats compile with :func:`mpnn_opt.cpu_compiler_options` (no thread splitting of their loops).
+Importing it changes no setting of the process. ``step`` waits for its result, so JAX's asynchronous
+CPU dispatch only adds two thread hand-offs (35-45 us) to every step: a NumPy program that uses JAX
+for nothing else can call :func:`mpnn_opt.optimizers.use_synchronous_dispatch` once, before JAX
+starts. Models whose buffers are under 2^20 floats compile with :func:`mpnn_opt.cpu_compiler_options`
+(no thread splitting of their loops).
 
 Guarantees (the seed gives none of them):
 
@@ -76,13 +76,11 @@ Differences from mpneuralnetwork 1.1.1:
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import functools
 import math
 import numbers
 import operator
-import os
 import threading
 import weakref
 from typing import Any, Callable, NamedTuple
@@ -91,7 +89,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mpnn_opt import _checks, _layer_tree
+from mpnn_opt import _checks
+from mpnn_opt.optimizers import _staging as _layer_tree
 from mpnn_opt.aliases import adam, rmsprop, sgd
 from mpnn_opt.base import apply_updates
 from mpnn_opt.compiler_options import cpu_compiler_options
@@ -99,15 +98,6 @@ from mpnn_opt.regularization import add_regularization, is_regularized_name
 
 __all__ = ["Optimizer", "SGD", "RMSprop", "Adam"]
 
-# A step waits for its result anyway, so JAX's asynchronous CPU dispatch only adds two thread
-# hand-offs to every call: 35-45 us on a 2-core machine, as much as the seed's whole step on a
-# small model. Turned off here, where it costs NumPy users nothing, unless the environment chose
-# (JAX_CPU_ENABLE_ASYNC_DISPATCH); it takes effect only if JAX has not started its CPU backend yet.
-if "JAX_CPU_ENABLE_ASYNC_DISPATCH" not in os.environ:
-    jax.config.update("jax_cpu_enable_async_dispatch", False)
-
-# How many times each compiled update has been traced, keyed by (alias name, regularization).
-TRACE_COUNTS: collections.Counter = collections.Counter()
 
 # The seed keeps every state array in its DTYPE, float32, whatever the parameter's dtype.
 STATE_DTYPE = np.float32
@@ -120,9 +110,9 @@ _AS_CONFIGURED = contextlib.nullcontext()
 
 
 def _fill(state: Any, slots: dict, count: Any) -> Any:
-    """``state`` with every named-tuple field named in ``slots`` replaced, and every ``count`` that is kept set.
+    """``state`` with every named-tuple field named in ``slots`` replaced, and every ``count`` set.
 
-    A block with a constant learning rate keeps no counter (its ``count`` is None) and keeps none here.
+    A block with a constant learning rate keeps no counter field at all; Adam's own ``count`` is set.
     """
     if isinstance(state, tuple) and hasattr(state, "_fields"):
         fields = {}
@@ -159,7 +149,7 @@ def _update_tree(alias: Callable, regularization: str | None, slot_names: tuple,
     return _slots_of(new_state, slot_names), apply_updates(params, updates)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=32)
 def _compiled_update(
     alias: Callable,
     regularization: str | None,
@@ -183,7 +173,6 @@ def _compiled_update(
 
     def update(params, grads, slots, scratch_params, scratch_slots, count, hyper):
         del scratch_params, scratch_slots  # donated only, so that the outputs reuse their memory instead of fresh pages
-        TRACE_COUNTS[(alias.__name__, regularization)] += 1
         new_slots, new_params = _update_tree(alias, regularization, slot_names, hyper_names, params, grads, slots, count, hyper)
         # outputs in the order of the donated inputs (params, then slots), so that each output takes its own
         # input's buffer: jit pairs donations with outputs by position and shape (another order cost Adam two copies)
@@ -192,7 +181,7 @@ def _compiled_update(
     return jax.jit(update, donate_argnums=(3, 4), keep_unused=True, compiler_options=dict(compiler_options))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=32)
 def _compiled_tied_update(alias: Callable, regularization: str | None, slot_names: tuple[str, ...], hyper_names: tuple[str, ...]) -> Callable:
     """One jitted ``(params, grads, slots, count, hyper, mask) -> (new_params, new_slots)`` for one round of tied parameters.
 
@@ -201,7 +190,6 @@ def _compiled_tied_update(alias: Callable, regularization: str | None, slot_name
     """
 
     def update(params, grads, slots, count, hyper, mask):
-        TRACE_COUNTS[(alias.__name__, regularization)] += 1
         new_slots, new_params = _update_tree(alias, regularization, slot_names, hyper_names, params, grads, slots, count, hyper)
 
         def masked(new: dict, old: dict) -> dict:

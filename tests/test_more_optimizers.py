@@ -10,20 +10,19 @@ import optax
 import pytest
 
 import mpnn_opt
-from mpnn_opt import presets
 from mpnn_opt.hyperparams import inject_hyperparams, with_hyperparam
 from oracles import counting_step, random_tree, tree_relative_error
 
 STEPS, SWITCH = 50, 25
 
 TORCH_CASES = {
-    "sgd momentum": (presets.torch_sgd, dict(momentum=0.9, weight_decay=0.01), "SGD", dict(momentum=0.9, weight_decay=0.01)),
-    "sgd nesterov": (presets.torch_sgd, dict(momentum=0.9, nesterov=True), "SGD", dict(momentum=0.9, nesterov=True)),
-    "rmsprop": (presets.torch_rmsprop, dict(alpha=0.9, weight_decay=0.01), "RMSprop", dict(alpha=0.9, weight_decay=0.01)),
-    "rmsprop centered momentum": (presets.torch_rmsprop, dict(centered=True, momentum=0.5), "RMSprop", dict(centered=True, momentum=0.5)),
-    "adamw": (presets.torch_adamw, dict(weight_decay=0.1), "AdamW", dict(weight_decay=0.1)),
-    "adamw amsgrad": (presets.torch_adamw, dict(amsgrad=True), "AdamW", dict(amsgrad=True)),
-    "adagrad": (presets.torch_adagrad, dict(weight_decay=0.01), "Adagrad", dict(weight_decay=0.01)),
+    "sgd momentum": (mpnn_opt.torch_sgd, dict(momentum=0.9, weight_decay=0.01), "SGD", dict(momentum=0.9, weight_decay=0.01)),
+    "sgd nesterov": (mpnn_opt.torch_sgd, dict(momentum=0.9, nesterov=True), "SGD", dict(momentum=0.9, nesterov=True)),
+    "rmsprop": (mpnn_opt.torch_rmsprop, dict(decay_rate=0.9, weight_decay=0.01), "RMSprop", dict(alpha=0.9, weight_decay=0.01)),
+    "rmsprop centered momentum": (mpnn_opt.torch_rmsprop, dict(centered=True, momentum=0.5), "RMSprop", dict(centered=True, momentum=0.5)),
+    "adamw": (mpnn_opt.torch_adamw, dict(weight_decay=0.1), "AdamW", dict(weight_decay=0.1)),
+    "adamw amsgrad": (mpnn_opt.torch_adamw, dict(amsgrad=True), "AdamW", dict(amsgrad=True)),
+    "adagrad": (mpnn_opt.torch_adagrad, dict(weight_decay=0.01), "Adagrad", dict(weight_decay=0.01)),
 }
 STATIC = ("nesterov", "centered", "amsgrad", "momentum")
 
@@ -66,7 +65,7 @@ def test_torch_convention_optimizer_matches_torch_for_50_steps_with_a_learning_r
 
 @pytest.mark.parametrize(
     "ours, theirs",
-    [(presets.nadam, optax.nadam), (presets.lion, lambda learning_rate: optax.lion(learning_rate, weight_decay=0.001))],
+    [(mpnn_opt.nadam, optax.nadam), (mpnn_opt.lion, lambda learning_rate: optax.lion(learning_rate, weight_decay=0.001))],
     ids=["nadam", "lion"],
 )
 def test_optax_convention_optimizer_matches_optax_for_50_steps_with_a_learning_rate_change(ours, theirs, rng):
@@ -85,9 +84,7 @@ def test_optax_convention_optimizer_matches_optax_for_50_steps_with_a_learning_r
 
 
 def test_amsgrad_keeps_the_largest_second_moment_by_hand():
-    from mpnn_opt.extra_transforms import scale_by_amsgrad
-
-    tx = scale_by_amsgrad(0.0, 0.5, 1e-8)
+    tx = mpnn_opt.scale_by_torch_amsgrad(0.0, 0.5, 1e-8)
     params = {"w": jnp.zeros(1)}
     state = tx.init(params)
     v = v_max = 0.0
@@ -98,17 +95,17 @@ def test_amsgrad_keeps_the_largest_second_moment_by_hand():
         np.testing.assert_allclose(updates["w"], [g / (np.sqrt(v_max) / np.sqrt(1 - 0.5**t) + 1e-8)], rtol=1e-6)
 
 
-def test_optax_convention_rmsprop_puts_eps_inside_the_root_like_optax_default(rng):
+def test_scale_by_rms_has_optax_math_eps_inside_the_root_by_default(rng):
     from oracles import run_transform
 
     params0 = random_tree(rng)
     grads = [random_tree(rng) for _ in range(STEPS)]
-    got = run_transform(presets.conventional("rmsprop", "optax", 0.01, epsilon=1e-4), params0, grads)
+    got = run_transform(mpnn_opt.chain(mpnn_opt.scale_by_rms(0.9, 1e-4), mpnn_opt.scale_by_learning_rate(0.01)), params0, grads)
     expected = run_transform(optax.rmsprop(0.01, eps=1e-4), params0, grads, apply=optax.apply_updates)
     assert max(tree_relative_error(a, b) for a, b in zip(got, expected)) <= 1e-6
 
 
-def test_torch_convention_rmsprop_uses_torch_defaults(rng):
+def test_torch_rmsprop_uses_torch_defaults(rng):
     torch = pytest.importorskip("torch")
     from oracles import run_transform
 
@@ -119,13 +116,13 @@ def test_torch_convention_rmsprop_uses_torch_defaults(rng):
     for g in grads:
         tensor.grad = torch.tensor(g)
         optimizer.step()
-    got = run_transform(presets.conventional("rmsprop", "torch", 0.01), {"w": w0}, [{"w": g} for g in grads])[-1]
+    got = run_transform(mpnn_opt.torch_rmsprop(0.01), {"w": w0}, [{"w": g} for g in grads])[-1]
     assert tree_relative_error(got, {"w": tensor.detach().numpy()}) <= 1e-6
 
 
-def test_keras_convention_adam_uses_epsilon_hat_by_hand():
+def test_keras_adam_is_scale_by_adam_with_epsilon_hat_by_hand():
     lr, b1, b2, eps = 0.1, 0.9, 0.999, 1e-3
-    tx = presets.conventional("adam", "keras", lr, epsilon=eps)
+    tx = mpnn_opt.chain(mpnn_opt.scale_by_adam(epsilon=eps, epsilon_hat=True), mpnn_opt.scale_by_learning_rate(lr))
     params = {"w": jnp.array([1.0, -1.0])}
     state = tx.init(params)
     w, m, v = np.array([1.0, -1.0]), 0.0, 0.0
@@ -135,17 +132,18 @@ def test_keras_convention_adam_uses_epsilon_hat_by_hand():
         m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
         w = w - lr * np.sqrt(1 - b2**t) / (1 - b1**t) * m / (np.sqrt(v) + eps)  # Keras Adam's update
         np.testing.assert_allclose(params["w"], w, rtol=1e-6)
-    bias_corrected = presets.conventional("adam", "optax", lr, epsilon=eps)
+    bias_corrected = mpnn_opt.chain(mpnn_opt.scale_by_adam(epsilon=eps), mpnn_opt.scale_by_learning_rate(lr))
     other, _ = bias_corrected.update({"w": jnp.array([0.01, -0.02])}, bias_corrected.init(params), params)
     first, _ = tx.update({"w": jnp.array([0.01, -0.02])}, tx.init(params), params)
     assert not np.allclose(other["w"], first["w"], rtol=1e-3)  # the two eps placements really differ
 
 
-def test_sgd_conventions_agree_at_a_constant_rate_and_part_when_it_changes():
+def test_momentum_with_lr_inside_or_outside_agrees_at_a_constant_rate_and_parts_when_it_changes():
     grads = [1.0, 2.0, -1.0, 0.5]
+    factories = {"keras": mpnn_opt.momentum_velocity, "torch": mpnn_opt.torch_sgd}
 
     def run(convention):
-        tx = inject_hyperparams(presets.conventional)(optimizer="sgd", convention=convention, learning_rate=0.1, momentum=0.9)
+        tx = inject_hyperparams(factories[convention])(learning_rate=0.1, momentum=0.9)
         params = {"w": jnp.array([0.0])}
         state, out = tx.init(params), []
         for t, g in enumerate(grads):
@@ -165,10 +163,3 @@ def test_sgd_conventions_agree_at_a_constant_rate_and_part_when_it_changes():
         w_inside, w_outside = w_inside + v, w_outside - lr * b
         assert keras[t] == pytest.approx(w_inside, rel=1e-6) and torch_like[t] == pytest.approx(w_outside, rel=1e-6)
     assert keras[1] == pytest.approx(torch_like[1], rel=1e-6) and keras[3] != pytest.approx(torch_like[3], rel=1e-3)
-
-
-def test_unknown_convention_or_optimizer_is_named():
-    with pytest.raises(ValueError, match="'tf'"):
-        presets.conventional("adam", "tf", 0.1)
-    with pytest.raises(ValueError, match="'lamb'"):
-        presets.conventional("lamb", "torch", 0.1)
