@@ -88,9 +88,13 @@ def epoch_time(model: Model, x: np.ndarray, y: np.ndarray, batch: int) -> float:
 
 def main() -> None:
     cores = len(os.sched_getaffinity(0))
-    print(f"# mpnn_opt.optimizers step(layers) vs mpneuralnetwork 1.1.1 ({platform.machine()}, {cores} usable cores, "
-          f"jax {jax.__version__} on {jax.devices()[0].platform}, numpy {np.__version__}, python {sys.version.split()[0]})\n")
-    print("| model | params | optimizer | seed step (ms) | ours step (ms) | ratio | seed epoch (s) | ours epoch (s) | ratio |")
+    print(
+        f"# mpnn_opt.optimizers step(layers) vs mpneuralnetwork 1.1.1 ({platform.machine()}, {cores} usable cores, "
+        f"jax {jax.__version__} on {jax.devices()[0].platform}, numpy {np.__version__}, python {sys.version.split()[0]})\n"
+    )
+    print(
+        "| model | params | optimizer | seed step (ms) | ours step (ms) | ratio | seed epoch (s) | ours epoch (s) | ratio |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for model_name, (factory, batch, steps) in MODELS.items():
         for name in CLASSES:
@@ -102,9 +106,12 @@ def main() -> None:
                 xe, ye = data(input_shape, batch * EPOCH_BATCHES)
                 row[side + "_epoch"] = min(epoch_time(model, xe, ye, batch) for _ in range(2))  # the first warms up
             count = sum(p.size for layer in model.layers for p, _ in layer.params.values())
-            print(f"| {model_name} | {count:,} | {name} | {row['seed'] * 1e3:.3f} | {row['ours'] * 1e3:.3f} | "
-                  f"{row['ours'] / row['seed']:.2f}x | {row['seed_epoch']:.3f} | {row['ours_epoch']:.3f} | "
-                  f"{row['ours_epoch'] / row['seed_epoch']:.2f}x |", flush=True)
+            print(
+                f"| {model_name} | {count:,} | {name} | {row['seed'] * 1e3:.3f} | {row['ours'] * 1e3:.3f} | "
+                f"{row['ours'] / row['seed']:.2f}x | {row['seed_epoch']:.3f} | {row['ours_epoch']:.3f} | "
+                f"{row['ours_epoch'] / row['seed_epoch']:.2f}x |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -29,7 +29,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -66,7 +67,8 @@ WORKLOADS: dict[str, Callable[[], dict]] = {
     "W1 16M x1": lambda: {"dense": {"weights": (4096, 4096)}},
     "W2 10.35M x200": _w2_shapes,
     "W3 MLP 100k x6": lambda: {
-        f"dense{i}": {"weights": (n_in, n_out), "bias": (n_out,)} for i, (n_in, n_out) in enumerate([(256, 256), (256, 128), (128, 10)])
+        f"dense{i}": {"weights": (n_in, n_out), "bias": (n_out,)}
+        for i, (n_in, n_out) in enumerate([(256, 256), (256, 128), (128, 10)])
     },
     "W4 100 x1000": lambda: {f"layer{i:04d}": {("weights" if i % 2 else "bias"): (100,)} for i in range(1000)},
 }
@@ -83,7 +85,11 @@ def _ours(name: str, regularization: str | None) -> mpnn_opt.GradientTransformat
 
 
 def _optax(name: str) -> optax.GradientTransformation:
-    return {"adam": lambda: optax.adam(LR), "sgd": lambda: optax.sgd(LR, momentum=0.9), "rmsprop": lambda: optax.rmsprop(LR, eps_in_sqrt=False)}[name]()
+    return {
+        "adam": lambda: optax.adam(LR),
+        "sgd": lambda: optax.sgd(LR, momentum=0.9),
+        "rmsprop": lambda: optax.rmsprop(LR, eps_in_sqrt=False),
+    }[name]()
 
 
 def _timed(run_step: Callable[[], Any]) -> float:
@@ -123,7 +129,9 @@ def jax_runner(tx, apply_updates, params, grads, compiler_options=None) -> tuple
 
     state = tx.init(params)
     start = time.perf_counter()
-    compiled = jax.jit(step, donate_argnums=(0, 2), compiler_options=compiler_options).lower(params, grads, state).compile()
+    compiled = (
+        jax.jit(step, donate_argnums=(0, 2), compiler_options=compiler_options).lower(params, grads, state).compile()
+    )
     compile_seconds = time.perf_counter() - start
     box = [params, state]
 
@@ -205,13 +213,24 @@ def bench_workload(label: str, shapes: dict, optimizers: tuple[str, ...], quick:
             runners[variant], compile_seconds[variant] = jax_runner(tx, apply, jax.tree.map(jnp.copy, p), g)
             if options:
                 unsplit = f"{variant}, no split"
-                runners[unsplit], compile_seconds[unsplit] = jax_runner(tx, apply, jax.tree.map(jnp.copy, p), g, options)
+                runners[unsplit], compile_seconds[unsplit] = jax_runner(
+                    tx, apply, jax.tree.map(jnp.copy, p), g, options
+                )
         torch_labelled = torch_runner(name, shapes)
         if torch_labelled is not None:
             label_torch, runners[label_torch] = torch_labelled
             compile_seconds[label_torch] = None
         for variant, seconds in interleaved_medians(runners, steps).items():
-            rows.append(dict(workload=label, optimizer=name, variant=variant, seconds=seconds, compile=compile_seconds[variant], n=n_params))
+            rows.append(
+                dict(
+                    workload=label,
+                    optimizer=name,
+                    variant=variant,
+                    seconds=seconds,
+                    compile=compile_seconds[variant],
+                    n=n_params,
+                )
+            )
     return rows
 
 
@@ -240,7 +259,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="adam only, fewer steps: a smoke run of about a minute")
     parser.add_argument("--workloads", default="W1,W2,W3,W4", help="comma-separated subset, e.g. W3,W4")
     parser.add_argument(
-        "--sync-dispatch", action="store_true",
+        "--sync-dispatch",
+        action="store_true",
         help="run each step on the calling thread (jax_cpu_enable_async_dispatch=False): no thread hand-off per call",
     )
     args = parser.parse_args()
@@ -248,7 +268,9 @@ def main() -> None:
         jax.config.update("jax_cpu_enable_async_dispatch", False)
     optimizers = ("adam",) if args.quick else OPTIMIZERS
     wanted = args.workloads.split(",")
-    print(f"jax {jax.__version__}, optax {optax.__version__}, torch {torch.__version__ if torch else 'absent'}, {jax.devices()[0].platform}")
+    print(
+        f"jax {jax.__version__}, optax {optax.__version__}, torch {torch.__version__ if torch else 'absent'}, {jax.devices()[0].platform}"
+    )
     bandwidth = copy_bandwidth(10 if args.quick else 30)
     rows = []
     for label, shapes in WORKLOADS.items():

@@ -107,8 +107,21 @@ def build_kernel(workdir: pathlib.Path) -> ctypes.CDLL:
     source, library = workdir / "adam_step.cc", workdir / "adam_step.so"
     source.write_text(KERNEL)
     # -fno-math-errno: a sqrt that may set errno keeps the loop from being vectorized
-    command = ["g++", "-O3", "-march=native", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC", "-pthread", "-w",
-               f"-I{jax.ffi.include_dir()}", str(source), "-o", str(library)]
+    command = [
+        "g++",
+        "-O3",
+        "-march=native",
+        "-fno-math-errno",
+        "-std=c++17",
+        "-shared",
+        "-fPIC",
+        "-pthread",
+        "-w",
+        f"-I{jax.ffi.include_dir()}",
+        str(source),
+        "-o",
+        str(library),
+    ]
     subprocess.run(command, check=True)
     return ctypes.cdll.LoadLibrary(str(library))
 
@@ -117,7 +130,16 @@ def ffi_adam_step(params, grads, state):
     """One step with the kernel: ``state = (count, m, v)`` for the single leaf ``params['w']``."""
     count, m, v = state
     count = count + 1
-    scalars = jnp.stack([jnp.float32(LR), jnp.float32(BETA1), jnp.float32(BETA2), jnp.float32(EPS), bias_correction(BETA1, count), bias_correction(BETA2, count)])
+    scalars = jnp.stack(
+        [
+            jnp.float32(LR),
+            jnp.float32(BETA1),
+            jnp.float32(BETA2),
+            jnp.float32(EPS),
+            bias_correction(BETA1, count),
+            bias_correction(BETA2, count),
+        ]
+    )
     shape = jax.ShapeDtypeStruct(params["w"].shape, jnp.float32)
     call = jax.ffi.ffi_call("mpnn_opt_adam_step", (shape, shape, shape), input_output_aliases={0: 0, 2: 1, 3: 2})
     p, m, v = call(params["w"], grads["w"], m, v, scalars)

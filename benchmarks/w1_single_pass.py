@@ -43,7 +43,9 @@ def fori_chunks(chunk: int):
             p_chunk = cut(p_all)
             updates, s_chunk = TX.update(cut(grads), s_chunk, p_chunk)
             p_chunk = mpnn_opt.apply_updates(p_chunk, updates)
-            put = lambda full, part: lax.dynamic_update_slice_in_dim(full, part, i * chunk, 0) if _is_vector(full) else part  # noqa: E731
+            put = lambda full, part: (
+                lax.dynamic_update_slice_in_dim(full, part, i * chunk, 0) if _is_vector(full) else part
+            )  # noqa: E731
             return put(p_all, p_chunk), jax.tree.map(put, s_all, s_chunk)
 
         return lax.fori_loop(0, N // chunk, body, (params, state))
@@ -65,7 +67,9 @@ def scan_rows(chunk: int):
             split = lambda keep_vectors: jax.tree.map(lambda x: x if _is_vector(x) == keep_vectors else None, s_new)  # noqa: E731
             return split(False), (mpnn_opt.apply_updates(p_row, updates), split(True))
 
-        new_counters, (p_rows, s_rows) = lax.scan(body, counters, (rows(params), rows(grads), jax.tree.map(rows, state)))
+        new_counters, (p_rows, s_rows) = lax.scan(
+            body, counters, (rows(params), rows(grads), jax.tree.map(rows, state))
+        )
         merge = lambda r, c: c if r is None else r.reshape(-1)  # noqa: E731
         return p_rows.reshape(-1), jax.tree.map(merge, s_rows, new_counters, is_leaf=lambda x: x is None)
 

@@ -45,7 +45,9 @@ def main(epochs: int = 8) -> float:
         serialization.save_model(model, path)
         loaded = serialization.load_model(path + ".npz")  # rebuilds mpneuralnetwork's own Adam, with our state
         loaded.optimizer = Adam.from_seed(loaded.optimizer)  # continue with ours
-        print(f"checkpoint reloaded: t = {loaded.optimizer.t}, {len(loaded.optimizer.params['momentums'])} moment arrays")
+        print(
+            f"checkpoint reloaded: t = {loaded.optimizer.t}, {len(loaded.optimizer.params['momentums'])} moment arrays"
+        )
     return accuracy
 
 

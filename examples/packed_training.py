@@ -45,7 +45,9 @@ def loss_fn(params: dict, x: jax.Array, y: jax.Array) -> jax.Array:
     return jnp.mean((x - y) ** 2)
 
 
-def train(params, tx: mpnn_opt.GradientTransformation, x: jax.Array, y: jax.Array, read=lambda p: p) -> tuple[object, list[float]]:
+def train(
+    params, tx: mpnn_opt.GradientTransformation, x: jax.Array, y: jax.Array, read=lambda p: p
+) -> tuple[object, list[float]]:
     """Full-batch training; ``read`` turns what the step holds into the model's tree (``unpack`` when packed)."""
 
     def step(params, state):

@@ -29,8 +29,9 @@ def make_spirals(samples_per_class: int, seed: int = 0) -> tuple[np.ndarray, np.
 
 def init_mlp(key: jax.Array, sizes: list[int]) -> list[dict]:
     layers = []
-    for key, (fan_in, fan_out) in zip(jax.random.split(key, len(sizes) - 1), zip(sizes[:-1], sizes[1:])):
-        layers.append({"weights": jax.random.normal(key, (fan_in, fan_out)) * jnp.sqrt(2.0 / fan_in), "bias": jnp.zeros(fan_out)})
+    for layer_key, (fan_in, fan_out) in zip(jax.random.split(key, len(sizes) - 1), zip(sizes[:-1], sizes[1:])):
+        weights = jax.random.normal(layer_key, (fan_in, fan_out)) * jnp.sqrt(2.0 / fan_in)
+        layers.append({"weights": weights, "bias": jnp.zeros(fan_out)})
     return layers
 
 

@@ -34,7 +34,8 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 import jax  # noqa: E402  (XLA_FLAGS must be set first)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
+from jax.sharding import NamedSharding  # noqa: E402
+from jax.sharding import PartitionSpec as P
 
 import mpnn_opt  # noqa: E402
 from mpnn_opt.sharding import per_device_nbytes, state_shardings  # noqa: E402
@@ -126,7 +127,9 @@ def describe(params: dict, state) -> None:
     moments = (adam_state.momentums, adam_state.velocities)
     per_device = per_device_nbytes(moments)
     total = sum(leaf.nbytes for leaf in jax.tree.leaves(moments))
-    print(f"  Adam moments: {total} bytes in all, per device min {min(per_device.values())} max {max(per_device.values())}")
+    print(
+        f"  Adam moments: {total} bytes in all, per device min {min(per_device.values())} max {max(per_device.values())}"
+    )
 
 
 def main(zero: bool = False) -> tuple[list[float], list[float]]:

@@ -24,6 +24,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.core import Tracer
 
 REGULARIZATIONS = ("L1", "L2", None)
 
@@ -35,7 +36,7 @@ SCHEDULABLE = ("learning_rate",)  # the arguments annotated ScalarOrSchedule; ot
 
 def _unchecked(name: str, value: Any) -> bool:
     """A traced value, or a schedule for an argument that takes one, cannot be checked here."""
-    if isinstance(value, jax.core.Tracer):
+    if isinstance(value, Tracer):
         return True
     if callable(value) and not isinstance(value, type):
         if name in SCHEDULABLE:
@@ -116,7 +117,7 @@ def in_unit_interval(name: str, value: Any) -> None:
 
 def integer(name: str, value: Any, minimum: int = 1) -> None:
     """Refuses anything but an integer ``>= minimum``: floats (even ``3.0``), bools and strings included."""
-    if isinstance(value, jax.core.Tracer):
+    if isinstance(value, Tracer):
         return
     expected = f"{name} must be an int >= {minimum}"
     if not _has_dtype_kind(value, jnp.integer):
@@ -128,7 +129,7 @@ def integer(name: str, value: Any, minimum: int = 1) -> None:
 
 def flag(name: str, value: Any) -> None:
     """Refuses anything but ``True`` or ``False`` (a NumPy bool too): ``1``, ``"yes"`` or ``None`` are not flags."""
-    if isinstance(value, jax.core.Tracer) or isinstance(value, (bool, np.bool_)):
+    if isinstance(value, Tracer) or isinstance(value, (bool, np.bool_)):
         return
     raise TypeError(f"{name} must be a bool (True or False), got {value!r} of type {_type_name(value)}")
 
@@ -167,25 +168,33 @@ def decay_end_value(init_value: Any, decay_rate: Any, end_value: Any) -> None:
     init = _number("init_value", init_value, "")
     rate = _number("decay_rate", decay_rate, "")
     end = _number("end_value", end_value, "")
-    if None in (init, rate, end) or init < 0:
+    if init is None or rate is None or end is None or init < 0:
         return
     if rate < 1 and end > init:
-        raise ValueError(f"end_value must be <= init_value when decay_rate < 1, got end_value={end_value!r}, init_value={init_value!r}")
+        raise ValueError(
+            f"end_value must be <= init_value when decay_rate < 1, got end_value={end_value!r}, init_value={init_value!r}"
+        )
     if rate > 1 and end < init:
-        raise ValueError(f"end_value must be >= init_value when decay_rate > 1, got end_value={end_value!r}, init_value={init_value!r}")
+        raise ValueError(
+            f"end_value must be >= init_value when decay_rate > 1, got end_value={end_value!r}, init_value={init_value!r}"
+        )
 
 
 def zero_end_at_zero_peak(peak_value: Any, end_value: Any) -> None:
     """The cosine part scales ``peak_value``: with a zero peak it cannot end anywhere but 0."""
     peak, end = _number("peak_value", peak_value, ""), _number("end_value", end_value, "")
     if peak == 0 and end is not None and end != 0:
-        raise ValueError(f"end_value must be 0 when peak_value is 0 (the cosine decays from the peak), got end_value={end_value!r}")
+        raise ValueError(
+            f"end_value must be 0 when peak_value is 0 (the cosine decays from the peak), got end_value={end_value!r}"
+        )
 
 
 def schedule(name: str, value: Any) -> None:
     """Refuses anything but a callable ``count -> value``."""
     if not callable(value):
-        raise TypeError(f"{name} must be a schedule (a callable count -> value), got {value!r} of type {_type_name(value)}")
+        raise TypeError(
+            f"{name} must be a schedule (a callable count -> value), got {value!r} of type {_type_name(value)}"
+        )
 
 
 def mapping(name: str, value: Any) -> None:

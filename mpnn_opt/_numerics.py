@@ -24,7 +24,7 @@ def safe_increment(count: jax.Array) -> jax.Array:
     return jnp.where(count < _INT32_MAX, count + 1, _INT32_MAX)
 
 
-def value_at(value: ScalarOrSchedule, count: jax.Array | None) -> jax.Array:
+def value_at(value: ScalarOrSchedule, count: jax.Array | None) -> Any:
     """The hyperparameter's value at step ``count`` (0-based): ``value(count)`` for a schedule.
 
     Raises ``TypeError`` when the state's counter does not fit: a state made for a constant rate has
@@ -37,7 +37,7 @@ def value_at(value: ScalarOrSchedule, count: jax.Array | None) -> jax.Array:
             f"the optimizer state was made for {made_for} learning rate but this transform has {given}; "
             "use the state from this transform's own init"
         )
-    return value(count) if callable(value) else value
+    return value(count) if callable(value) else value  # type: ignore[arg-type]  # count is an Array when value is callable (checked above)
 
 
 def bias_correction(decay: float | jax.Array, count: jax.Array, dtype: Any = jnp.float32) -> jax.Array:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -78,8 +79,7 @@ def check_same_structure(expected: Any, got: Any, *, expected_name: str, got_nam
             )
         if (expected_leaf is None) != (got_leaf is None):
             raise ValueError(
-                f"{got_name} do not match the structure of {expected_name} at {path_str(got_path)}: "
-                f"one side is None"
+                f"{got_name} do not match the structure of {expected_name} at {path_str(got_path)}: one side is None"
             )
         if expected_leaf is not None and np.shape(expected_leaf) != np.shape(got_leaf):
             raise ValueError(
@@ -87,11 +87,12 @@ def check_same_structure(expected: Any, got: Any, *, expected_name: str, got_nam
                 f"but {expected_name} there has shape {np.shape(expected_leaf)}"
             )
     if len(expected_leaves) != len(got_leaves):
-        longer, name = (expected_leaves, expected_name) if len(expected_leaves) > len(got_leaves) else (got_leaves, got_name)
+        longer, name = (
+            (expected_leaves, expected_name) if len(expected_leaves) > len(got_leaves) else (got_leaves, got_name)
+        )
         extra_path = longer[min(len(expected_leaves), len(got_leaves))][0]
         raise ValueError(
-            f"{got_name} do not match the structure of {expected_name}: {path_str(extra_path)} "
-            f"exists only in {name}"
+            f"{got_name} do not match the structure of {expected_name}: {path_str(extra_path)} exists only in {name}"
         )
     expected_def = jax.tree.structure(expected, is_leaf=_is_none)
     got_def = jax.tree.structure(got, is_leaf=_is_none)
@@ -167,7 +168,9 @@ def broadcast_mask(mask: Any, params: Any, argument: str = "mask") -> Any:
             is_leaf=_is_none,
         )
     except (ValueError, TypeError) as error:
-        raise ValueError(f"{argument} must be a pytree of bools shaped like the params (or a prefix of them): {error}") from None
+        raise ValueError(
+            f"{argument} must be a pytree of bools shaped like the params (or a prefix of them): {error}"
+        ) from None
 
 
 def check_bool_flags(flags: Any, params: Any, argument: str = "mask") -> None:

@@ -53,7 +53,9 @@ def accumulate(inner: AnyTransformation, every_k: int) -> GradientTransformation
             gradient_sum, inner_state = operands
             return tree_map(jnp.zeros_like, updates), inner_state, gradient_sum
 
-        new_updates, inner_state, gradient_sum = jax.lax.cond(micro_step >= every_k, real_step, micro, (gradient_sum, state.inner_state))
+        new_updates, inner_state, gradient_sum = jax.lax.cond(
+            micro_step >= every_k, real_step, micro, (gradient_sum, state.inner_state)
+        )
         return new_updates, AccumulateState(jnp.where(micro_step >= every_k, 0, micro_step), gradient_sum, inner_state)
 
     return GradientTransformation(init_fn, update_fn)

@@ -23,8 +23,8 @@ from __future__ import annotations
 from typing import Any
 
 from mpnn_opt import _checks
-from mpnn_opt.base import GradientTransformation, ScalarOrSchedule, chain
-from mpnn_opt.regularization import Mask, add_decayed_weights, add_decoupled_weight_decay, add_regularization
+from mpnn_opt.base import GradientTransformation, Mask, ScalarOrSchedule, chain
+from mpnn_opt.regularization import add_decayed_weights, add_decoupled_weight_decay, add_regularization
 from mpnn_opt.transforms import (
     momentum_velocity,
     rms_step,
@@ -154,7 +154,11 @@ def torch_sgd(
     _checks.in_unit_interval("momentum", momentum)
     _checks.flag("nesterov", nesterov)
     _checks.nesterov_momentum(nesterov, momentum)
-    return chain(_coupled_decay(weight_decay, mask), trace(momentum, nesterov, state_dtype=state_dtype), scale_by_learning_rate(learning_rate))
+    return chain(
+        _coupled_decay(weight_decay, mask),
+        trace(momentum, nesterov, state_dtype=state_dtype),
+        scale_by_learning_rate(learning_rate),
+    )
 
 
 def torch_rmsprop(
@@ -247,4 +251,8 @@ def lion(
 
     optax requires the learning rate; 1e-4 here (Lion wants 3-10x less than Adam).
     """
-    return chain(scale_by_lion(beta1, beta2, state_dtype=state_dtype), add_decayed_weights(weight_decay, mask), scale_by_learning_rate(learning_rate))
+    return chain(
+        scale_by_lion(beta1, beta2, state_dtype=state_dtype),
+        add_decayed_weights(weight_decay, mask),
+        scale_by_learning_rate(learning_rate),
+    )

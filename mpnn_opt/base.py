@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any, Callable, Union
+from collections.abc import Callable
+from typing import Any, Union
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +34,7 @@ __all__ = [
     "OptState",
     "Schedule",
     "ScalarOrSchedule",
+    "Mask",
     "TransformInitFn",
     "TransformUpdateFn",
     "AnyTransformation",
@@ -50,7 +52,8 @@ Params = ArrayTree
 Updates = ArrayTree
 OptState = Any
 Schedule = Callable[[jax.Array], jax.Array]
-ScalarOrSchedule = Union[float, jax.Array, Schedule]
+ScalarOrSchedule = Union[float, jax.Array, Schedule]  # noqa: UP007 (a runtime alias: Python 3.10 cannot | a Callable)
+Mask = Union[Any, Callable[[Params], Any]]  # noqa: UP007 (runtime alias); a bool pytree shaped like the params (or a prefix), or params -> one
 
 
 TransformInitFn = optax.TransformInitFn
@@ -75,15 +78,16 @@ class GradientTransformation(optax.GradientTransformationExtraArgs):
     """
 
     def __new__(cls, init: TransformInitFn, update: Callable) -> GradientTransformation:
-        if not _accepts_extra_args(update):
-            plain_update = update
+        if _accepts_extra_args(update):
+            return super().__new__(cls, init, update)
+        plain_update = update
 
-            @functools.wraps(plain_update)
-            def update(updates, state, params=None, **extra_args):
-                del extra_args
-                return plain_update(updates, state, params)
+        @functools.wraps(plain_update)
+        def accepting_extra_args(updates, state, params=None, **extra_args):
+            del extra_args
+            return plain_update(updates, state, params)
 
-        return super().__new__(cls, init, update)
+        return super().__new__(cls, init, accepting_extra_args)
 
 
 def with_extra_args(transform: Any) -> optax.GradientTransformationExtraArgs:

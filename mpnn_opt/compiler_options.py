@@ -27,6 +27,7 @@ import math
 from typing import Any
 
 import jax
+from jax.core import Tracer
 
 __all__ = ["PARALLEL_LOOP_MIN_ELEMENTS", "cpu_compiler_options"]
 
@@ -36,7 +37,9 @@ PARALLEL_LOOP_MIN_ELEMENTS = 1 << 20
 _NO_THREAD_SPLIT = {"xla_disable_hlo_passes": "cpu-parallel-task-assigner"}
 
 
-def cpu_compiler_options(params: Any, *, parallel_loop_min_elements: int = PARALLEL_LOOP_MIN_ELEMENTS) -> dict[str, str]:
+def cpu_compiler_options(
+    params: Any, *, parallel_loop_min_elements: int = PARALLEL_LOOP_MIN_ELEMENTS
+) -> dict[str, str]:
     """``compiler_options`` for ``jax.jit`` of a step over ``params``: no thread splitting for small leaves.
 
     ``{'xla_disable_hlo_passes': 'cpu-parallel-task-assigner'}`` when the step runs on CPU (the
@@ -45,7 +48,11 @@ def cpu_compiler_options(params: Any, *, parallel_loop_min_elements: int = PARAL
     ``jax.jit(step, donate_argnums=..., compiler_options=cpu_compiler_options(params))``, e.g. with
     :func:`mpnn_opt.pack`, which turns a small model into one or two buffers of that size.
     """
-    if isinstance(parallel_loop_min_elements, bool) or not isinstance(parallel_loop_min_elements, int) or parallel_loop_min_elements < 1:
+    if (
+        isinstance(parallel_loop_min_elements, bool)
+        or not isinstance(parallel_loop_min_elements, int)
+        or parallel_loop_min_elements < 1
+    ):
         raise ValueError(f"parallel_loop_min_elements must be a positive int, got {parallel_loop_min_elements!r}")
     leaves = jax.tree.leaves(params)
     if not leaves or not all(_on_cpu(leaf) for leaf in leaves):
@@ -55,6 +62,6 @@ def cpu_compiler_options(params: Any, *, parallel_loop_min_elements: int = PARAL
 
 
 def _on_cpu(leaf: Any) -> bool:
-    if isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer):
+    if isinstance(leaf, jax.Array) and not isinstance(leaf, Tracer):
         return all(device.platform == "cpu" for device in leaf.devices())
     return jax.default_backend() == "cpu"

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import inspect
 import numbers
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -32,7 +33,9 @@ class InjectHyperparamsState(NamedTuple):
     count: jax.Array  # int32 steps taken; schedules are read at this value
     hyperparams: dict[str, jax.Array]  # float32 scalars, the values the next step uses; with_hyperparam sets them
     inner_state: OptState
-    scheduled: dict[str, jax.Array] = {}  # float32, each schedule's value at the last step (read-only: recomputed every step)
+    scheduled: dict[
+        str, jax.Array
+    ] = {}  # float32, each schedule's value at the last step (read-only: recomputed every step)
 
 
 def _is_numeric(value: Any) -> bool:
@@ -40,7 +43,11 @@ def _is_numeric(value: Any) -> bool:
         return False
     if isinstance(value, numbers.Real):
         return True
-    return isinstance(value, (jax.Array, np.ndarray)) and jnp.ndim(value) == 0 and jnp.issubdtype(jnp.result_type(value), jnp.number)
+    return (
+        isinstance(value, (jax.Array, np.ndarray))
+        and jnp.ndim(value) == 0
+        and jnp.issubdtype(jnp.result_type(value), jnp.number)
+    )
 
 
 def _is_schedule(value: Any) -> bool:
@@ -97,7 +104,10 @@ def inject_hyperparams(
     def wrapped(*args: Any, **kwargs: Any) -> GradientTransformation:
         if args:
             raise TypeError(f"inject_hyperparams({factory.__name__}): pass hyperparameters by keyword")
-        arguments = {**{name: value for name, value in defaults.items() if takes_number(name) and _is_numeric(value)}, **kwargs}
+        arguments = {
+            **{name: value for name, value in defaults.items() if takes_number(name) and _is_numeric(value)},
+            **kwargs,
+        }
         schedules = {name: value for name, value in arguments.items() if takes_number(name) and _is_schedule(value)}
         numeric = {name: value for name, value in arguments.items() if takes_number(name) and _is_numeric(value)}
         static = {name: value for name, value in arguments.items() if name not in schedules and name not in numeric}
@@ -116,7 +126,9 @@ def inject_hyperparams(
             scheduled = scheduled_at(state.count)
             inner = with_extra_args(factory(**static, **state.hyperparams, **scheduled))
             updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
-            return updates, InjectHyperparamsState(safe_increment(state.count), state.hyperparams, inner_state, scheduled)
+            return updates, InjectHyperparamsState(
+                safe_increment(state.count), state.hyperparams, inner_state, scheduled
+            )
 
         return GradientTransformation(init_fn, update_fn)
 
@@ -127,7 +139,7 @@ def _children(state: Any) -> list[tuple[str, Any, Any]]:
     """``(path text, key, child)`` for each child of a state node: named-tuple fields, tuple and list
     positions, dict keys (``key`` rebuilds the node, see :func:`_with_child`)."""
     if isinstance(state, tuple) and hasattr(state, "_fields"):
-        return [(f".{field}", field, getattr(state, field)) for field in state._fields]
+        return [(f".{field}", field, getattr(state, field)) for field in state._fields]  # pyright: ignore[reportAttributeAccessIssue]  # a named tuple (checked above)
     if isinstance(state, (tuple, list)):
         return [(f"[{index}]", index, child) for index, child in enumerate(state)]
     if isinstance(state, dict):
@@ -137,7 +149,7 @@ def _children(state: Any) -> list[tuple[str, Any, Any]]:
 
 def _with_child(node: Any, key: Any, child: Any) -> Any:
     if isinstance(node, tuple) and hasattr(node, "_fields"):
-        return node._replace(**{key: child})
+        return node._replace(**{key: child})  # pyright: ignore[reportAttributeAccessIssue]  # a named tuple
     if isinstance(node, tuple):
         return node[:key] + (child,) + node[key + 1 :]
     if isinstance(node, list):
@@ -200,8 +212,11 @@ def read_value(state: OptState, name: str) -> jax.Array:
     """
 
     def matches_in(node, path):
-        found = [(f"{path}.{kind}[{name!r}]", values[name]) for kind, values in _injected(node).items()
-                 if kind != "hyperparams_states" and name in values]
+        found = [
+            (f"{path}.{kind}[{name!r}]", values[name])
+            for kind, values in _injected(node).items()
+            if kind != "hyperparams_states" and name in values
+        ]
         fields = getattr(node, "_fields", ())
         if name in fields and getattr(node, name) is not None:
             found.append((f"{path}.{name}", getattr(node, name)))
@@ -220,11 +235,17 @@ def with_hyperparam(state: OptState, name: str, value: float) -> OptState:
     """
 
     def matches_in(node, path):
-        return [(f"{path}.hyperparams[{name!r}]", node)] if any(name in values for values in _injected(node).values()) else []
+        return (
+            [(f"{path}.hyperparams[{name!r}]", node)]
+            if any(name in values for values in _injected(node).values())
+            else []
+        )
 
     keys, _, injected = _nearest(state, name, matches_in)
     if _is_scheduled(injected, name):
-        raise ValueError(f"{name!r} follows a schedule in this state, so setting it would have no effect; inject a number instead")
+        raise ValueError(
+            f"{name!r} follows a schedule in this state, so setting it would have no effect; inject a number instead"
+        )
     old = injected.hyperparams[name]
     dtype = jnp.float32 if isinstance(injected, InjectHyperparamsState) else jnp.result_type(old)
     replaced = injected._replace(hyperparams={**injected.hyperparams, name: jnp.asarray(value, dtype)})

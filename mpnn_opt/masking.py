@@ -12,14 +12,31 @@ state still mirrors the params tree.
 from __future__ import annotations
 
 import fnmatch
-from typing import Any, Callable, Mapping, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
 
-from mpnn_opt._tree import broadcast_mask, check_state, key_name, parameter_path, leaves_with_paths, map_with_path, path_str, tree_map
-from mpnn_opt.base import AnyTransformation, GradientTransformation, OptState, Params, init_empty_state, with_extra_args
-from mpnn_opt.regularization import Mask
+from mpnn_opt._tree import (
+    broadcast_mask,
+    check_state,
+    key_name,
+    leaves_with_paths,
+    map_with_path,
+    parameter_path,
+    path_str,
+    tree_map,
+)
+from mpnn_opt.base import (
+    AnyTransformation,
+    GradientTransformation,
+    Mask,
+    OptState,
+    Params,
+    init_empty_state,
+    with_extra_args,
+)
 
 __all__ = ["MaskedState", "masked", "path_mask", "PartitionState", "partition", "freeze"]
 
@@ -32,7 +49,9 @@ def path_mask(*patterns: str) -> Callable[[Params], Any]:
     """A callable mask: ``True`` where the leaf's path (keys joined by ``/``) matches any glob pattern."""
     if not patterns:
         raise ValueError("path_mask needs at least one pattern")
-    return lambda params: map_with_path(lambda path, _: any(fnmatch.fnmatchcase(_path_text(path), p) for p in patterns), params)
+    return lambda params: map_with_path(
+        lambda path, _: any(fnmatch.fnmatchcase(_path_text(path), p) for p in patterns), params
+    )
 
 
 def _static_flags(mask: Mask, params: Params, argument: str) -> Any:
@@ -40,7 +59,9 @@ def _static_flags(mask: Mask, params: Params, argument: str) -> Any:
     flags = broadcast_mask(mask, params, argument)
     for (path, flag), (_, leaf) in zip(leaves_with_paths(flags), leaves_with_paths(params)):
         if leaf is not None and not isinstance(flag, (bool, np.bool_)):
-            raise TypeError(f"{argument} must give a Python bool per leaf; got {flag!r} of type {type(flag).__name__} at {path_str(path)}")
+            raise TypeError(
+                f"{argument} must give a Python bool per leaf; got {flag!r} of type {type(flag).__name__} at {path_str(path)}"
+            )
     return tree_map(lambda _, flag: bool(flag), params, flags)
 
 
@@ -92,7 +113,9 @@ def partition(transforms: Mapping[Any, AnyTransformation], labels: Any) -> Gradi
         tree = broadcast_mask(labels, params, "labels")
         for path, label in leaves_with_paths(tree):
             if label is not None and label not in transforms:
-                raise ValueError(f"labels at {path_str(path)} is {label!r}, which has no transform; known: {sorted(map(str, transforms))}")
+                raise ValueError(
+                    f"labels at {path_str(path)} is {label!r}, which has no transform; known: {sorted(map(str, transforms))}"
+                )
         return tree
 
     def init_fn(params: Params) -> PartitionState:
@@ -107,7 +130,9 @@ def partition(transforms: Mapping[Any, AnyTransformation], labels: Any) -> Gradi
         new_updates, new_states = updates, {}
         for label, tx in transforms.items():
             chosen_params = None if params is None else _select(params, tree, label)
-            group, new_states[label] = tx.update(_select(updates, tree, label), state.inner_states[label], chosen_params, **extra_args)
+            group, new_states[label] = tx.update(
+                _select(updates, tree, label), state.inner_states[label], chosen_params, **extra_args
+            )
             new_updates = _merge(new_updates, group, tree, label)
         return new_updates, PartitionState(new_states)
 

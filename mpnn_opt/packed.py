@@ -42,9 +42,11 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.core import Tracer
 
 from mpnn_opt._tree import broadcast_mask, check_float_leaves, leaves_with_paths, path_str
-from mpnn_opt.regularization import Mask, default_mask
+from mpnn_opt.base import Mask
+from mpnn_opt.regularization import default_mask
 
 __all__ = ["LeafSlot", "PackedLayout", "Packed", "pack", "unpack", "regularized_mask"]
 
@@ -122,7 +124,7 @@ def _resolve_flags(params: Any, mask: Mask | None) -> list[bool]:
 def _refuse_sharded(params: Any) -> None:
     """A buffer holds leaves end to end, so it cannot keep per-leaf shardings: refuse, never reshard."""
     for path, leaf in leaves_with_paths(params):
-        sharding = None if isinstance(leaf, jax.core.Tracer) else getattr(leaf, "sharding", None)
+        sharding = None if isinstance(leaf, Tracer) else getattr(leaf, "sharding", None)
         if sharding is not None and not sharding.is_fully_replicated:
             raise ValueError(
                 f"pack: params at {path_str(path)} are sharded ({sharding}); a packed buffer holds leaves "
@@ -182,10 +184,10 @@ def unpack(packed: Packed) -> Any:
     slots = packed.layout.slots
     pieces = {}
     for group, buffer in enumerate(packed.buffers):
-        members = [index for index, slot in enumerate(slots) if slot is not None and slot.group == group]
-        sizes = [math.prod(slots[index].shape) for index in members]
-        for index, piece in zip(members, jax.lax.split(buffer, sizes) if len(sizes) > 1 else [buffer]):
-            pieces[index] = piece.reshape(slots[index].shape)
+        members = [(index, slot) for index, slot in enumerate(slots) if slot is not None and slot.group == group]
+        sizes = [math.prod(slot.shape) for _, slot in members]
+        for (index, slot), piece in zip(members, jax.lax.split(buffer, sizes) if len(sizes) > 1 else [buffer]):
+            pieces[index] = piece.reshape(slot.shape)
     leaves = [pieces.get(index) for index in range(len(slots))]
     return jax.tree.unflatten(packed.layout.treedef, leaves)
 

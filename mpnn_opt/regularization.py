@@ -18,7 +18,7 @@ a prefix of them), or a callable ``params -> such a tree``; ``True`` means regul
 
 from __future__ import annotations
 
-from typing import Any, Callable, Union
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +28,6 @@ from mpnn_opt._tree import (
     as_arrays,
     broadcast_mask,
     check_bool_flags,
-    check_state,
     check_float_leaves,
     check_same_structure,
     compute_dtype,
@@ -36,11 +35,10 @@ from mpnn_opt._tree import (
     map_with_path,
     tree_map,
 )
-from mpnn_opt.base import EmptyState, GradientTransformation, Params, ScalarOrSchedule, identity, init_empty_state
+from mpnn_opt.base import EmptyState, GradientTransformation, Mask, Params, ScalarOrSchedule, identity, init_empty_state
 from mpnn_opt.transforms import with_learning_rate
 
 __all__ = [
-    "Mask",
     "UNREGULARIZED_NAME_PARTS",
     "is_regularized_name",
     "seed_name_mask",
@@ -50,8 +48,6 @@ __all__ = [
     "add_decoupled_weight_decay",
     "add_decayed_weights",
 ]
-
-Mask = Union[Any, Callable[[Params], Any]]
 
 UNREGULARIZED_NAME_PARTS = ("bias", "beta", "gamma")
 
@@ -107,7 +103,9 @@ def _require_params(params: Params | None, transform: str) -> None:
         raise ValueError(f"{transform} needs the current params: call update(updates, state, params)")
 
 
-def add_regularization(regularization: str | None, weight_decay: float, mask: Mask | None = None) -> GradientTransformation:
+def add_regularization(
+    regularization: str | None, weight_decay: float, mask: Mask | None = None
+) -> GradientTransformation:
     """Adds the gradient of a coupled penalty to the updates.
 
     * ``'L2'``: ``g' = g + weight_decay * w``

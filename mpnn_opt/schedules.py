@@ -7,7 +7,7 @@ wherever a ``learning_rate`` is accepted. The formulas are optax's (same names, 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax.numpy as jnp
 
@@ -50,7 +50,11 @@ def linear_schedule(init_value: float, end_value: float, transition_steps: int, 
 
 
 def exponential_decay(
-    init_value: float, transition_steps: int, decay_rate: float, transition_begin: int = 0, staircase: bool = False,
+    init_value: float,
+    transition_steps: int,
+    decay_rate: float,
+    transition_begin: int = 0,
+    staircase: bool = False,
     end_value: float | None = None,
 ) -> Schedule:
     """``lr(t) = init * decay_rate ** (max(t - begin, 0) / steps)`` (the exponent floored if ``staircase``),
@@ -97,7 +101,9 @@ def join_schedules(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> 
     for position, boundary in enumerate(boundaries):
         _checks.integer(f"boundaries[{position}]", boundary, minimum=0)
     if len(schedules) != len(boundaries) + 1:
-        raise ValueError(f"join_schedules needs len(schedules) == len(boundaries) + 1, got {len(schedules)} and {len(boundaries)}")
+        raise ValueError(
+            f"join_schedules needs len(schedules) == len(boundaries) + 1, got {len(schedules)} and {len(boundaries)}"
+        )
     if list(boundaries) != sorted(boundaries):
         raise ValueError(f"boundaries must be increasing, got {list(boundaries)!r}")
 
@@ -112,7 +118,12 @@ def join_schedules(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> 
 
 
 def warmup_cosine_decay_schedule(
-    init_value: float, peak_value: float, warmup_steps: int, decay_steps: int, end_value: float = 0.0, exponent: float = 1.0
+    init_value: float,
+    peak_value: float,
+    warmup_steps: int,
+    decay_steps: int,
+    end_value: float = 0.0,
+    exponent: float = 1.0,
 ) -> Schedule:
     """Linear warm-up from ``init_value`` to ``peak_value`` over ``warmup_steps``, then a cosine decay to
     ``end_value`` reached at step ``decay_steps`` (which counts the warm-up, as in optax)."""

@@ -78,7 +78,9 @@ def state_shardings(
         # (masked and partition keep such trees), so None counts as a leaf here
         if node is None:
             return False
-        return jax.tree.structure(node) == params_def or jax.tree.structure(node, is_leaf=_is_none) == params_def_with_none
+        return (
+            jax.tree.structure(node) == params_def or jax.tree.structure(node, is_leaf=_is_none) == params_def_with_none
+        )
 
     def for_subtree(node: Any) -> Any:
         if not mirrors_params(node):

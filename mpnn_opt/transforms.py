@@ -15,7 +15,16 @@ import jax.numpy as jnp
 
 from mpnn_opt import _checks
 from mpnn_opt._numerics import bias_correction, safe_epsilon, safe_increment, safe_sqrt, value_at, zero_count
-from mpnn_opt._tree import as_arrays, check_float_leaves, check_same_structure, check_state, compute_dtype, tree_map, unzip, zeros_like_tree
+from mpnn_opt._tree import (
+    as_arrays,
+    check_float_leaves,
+    check_same_structure,
+    check_state,
+    compute_dtype,
+    tree_map,
+    unzip,
+    zeros_like_tree,
+)
 from mpnn_opt.base import EmptyState, GradientTransformation, Params, ScalarOrSchedule, Updates
 
 __all__ = [
@@ -32,15 +41,15 @@ __all__ = [
     "scale_by_adam",
     "TraceState",
     "trace",
-    "CenteredRmsState",
+    "ScaleByCenteredRmsState",
     "scale_by_centered_rms",
-    "TorchAmsgradState",
+    "ScaleByTorchAmsgradState",
     "scale_by_torch_amsgrad",
-    "NadamState",
+    "ScaleByNadamState",
     "scale_by_nadam",
-    "TorchAdagradState",
+    "ScaleByTorchAdagradState",
     "scale_by_torch_adagrad",
-    "LionState",
+    "ScaleByLionState",
     "scale_by_lion",
 ]
 
@@ -100,7 +109,9 @@ class ScheduleState(NamedTuple):
     inner_state: Any  # the block's own state, as it is with a constant rate
 
 
-def with_learning_rate(learning_rate: ScalarOrSchedule, state_type: type, init_own, update_own) -> GradientTransformation:
+def with_learning_rate(
+    learning_rate: ScalarOrSchedule, state_type: type, init_own, update_own
+) -> GradientTransformation:
     """A block that reads a learning rate at each step: ``update_own(updates, own_state, params, lr)``.
 
     With a constant rate the state is the block's own (``state_type``), with no counter (a
@@ -121,7 +132,9 @@ def with_learning_rate(learning_rate: ScalarOrSchedule, state_type: type, init_o
             updates, own = update_own(updates, state.inner_state, params, value_at(learning_rate, state.count))
             return updates, ScheduleState(safe_increment(state.count), own)
         if isinstance(state, ScheduleState):
-            raise TypeError(f"{name}: the state was made for a learning-rate schedule, but this transform has a constant rate")
+            raise TypeError(
+                f"{name}: the state was made for a learning-rate schedule, but this transform has a constant rate"
+            )
         check_state(state, state_type, name)
         return update_own(updates, state, params, learning_rate)
 
@@ -151,10 +164,14 @@ def momentum_velocity(
         v_new = momentum * _to_compute(v) - lr * _to_compute(g)
         return v_new.astype(g.dtype), v_new.astype(v.dtype)
 
-    return _one_buffer_block(MomentumVelocityState, "velocities", lambda params: _init_state_tree(params, state_dtype), step, learning_rate)
+    return _one_buffer_block(
+        MomentumVelocityState, "velocities", lambda params: _init_state_tree(params, state_dtype), step, learning_rate
+    )
 
 
-def _one_buffer_block(state_type, buffer_name: str, init_buffer, step, learning_rate: ScalarOrSchedule | None = None) -> GradientTransformation:
+def _one_buffer_block(
+    state_type, buffer_name: str, init_buffer, step, learning_rate: ScalarOrSchedule | None = None
+) -> GradientTransformation:
     """A block with one buffer per parameter: ``step(g, buffer, lr) -> (u, new buffer)`` on each leaf.
 
     The state is ``state_type(<buffer_name>=init_buffer(params))``; with a ``learning_rate`` it goes
@@ -247,7 +264,9 @@ def rms_step(
         c_new = _rms_cache(g32, c, decay_rate)
         return (-(lr * g32) / _rms_denominator(c_new, epsilon, False)).astype(g.dtype), c_new.astype(c.dtype)
 
-    return _one_buffer_block(RmsStepState, "cache", lambda params: _init_state_tree(params, state_dtype), step, learning_rate)
+    return _one_buffer_block(
+        RmsStepState, "cache", lambda params: _init_state_tree(params, state_dtype), step, learning_rate
+    )
 
 
 class ScaleByAdamState(NamedTuple):
@@ -257,7 +276,11 @@ class ScaleByAdamState(NamedTuple):
 
 
 def scale_by_adam(
-    beta1: float = 0.9, beta2: float = 0.999, epsilon: float = 1e-8, *, epsilon_hat: bool = False,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    epsilon: float = 1e-8,
+    *,
+    epsilon_hat: bool = False,
     state_dtype: Any | None = None,
 ) -> GradientTransformation:
     """Adam's direction, with bias correction from its own step count.
@@ -292,7 +315,8 @@ def scale_by_adam(
         updates = _check_updates(updates, state.momentums, "the optimizer state (momentums)")
         count = safe_increment(state.count)
         corrections = per_compute_dtype(
-            updates, lambda dtype: (bias_correction(beta1, count, dtype), jnp.sqrt(bias_correction(beta2, count, dtype)))
+            updates,
+            lambda dtype: (bias_correction(beta1, count, dtype), jnp.sqrt(bias_correction(beta2, count, dtype))),
         )
 
         def step(g, m, v):
@@ -348,12 +372,14 @@ def trace(decay: float, nesterov: bool = False, *, state_dtype: Any | None = Non
     return _one_buffer_block(TraceState, "trace", lambda params: _state_tree(params, state_dtype), step)
 
 
-class CenteredRmsState(NamedTuple):
+class ScaleByCenteredRmsState(NamedTuple):
     mean_square: Any  # running mean of g^2
     mean: Any  # running mean of g
 
 
-def scale_by_centered_rms(decay: float = 0.99, epsilon: float = 1e-8, *, state_dtype: Any | None = None) -> GradientTransformation:
+def scale_by_centered_rms(
+    decay: float = 0.99, epsilon: float = 1e-8, *, state_dtype: Any | None = None
+) -> GradientTransformation:
     """Centered RMSprop (torch ``RMSprop(centered=True)``): ``s = d*s + (1-d)*g^2``, ``a = d*a + (1-d)*g``,
     ``u = g / (sqrt(s - a^2) + eps)`` (eps outside the root, as torch; optax's ``centered`` puts it inside)."""
     _checks.in_unit_interval("decay", decay)
@@ -361,11 +387,11 @@ def scale_by_centered_rms(decay: float = 0.99, epsilon: float = 1e-8, *, state_d
     _checks.state_dtype(state_dtype)
 
     def init_fn(params):
-        return CenteredRmsState(_state_tree(params, state_dtype), _state_tree(params, state_dtype))
+        return ScaleByCenteredRmsState(_state_tree(params, state_dtype), _state_tree(params, state_dtype))
 
     def update_fn(updates, state, params=None):
         del params
-        updates = _check_block(updates, state, CenteredRmsState, "mean")
+        updates = _check_block(updates, state, ScaleByCenteredRmsState, "mean")
 
         def step(g, s, a):
             g32 = _to_compute(g)
@@ -376,19 +402,21 @@ def scale_by_centered_rms(decay: float = 0.99, epsilon: float = 1e-8, *, state_d
             return out.astype(g.dtype), s_new.astype(s.dtype), a_new.astype(a.dtype)
 
         new_updates, squares, means = unzip(updates, tree_map(step, updates, state.mean_square, state.mean), 3)
-        return new_updates, CenteredRmsState(squares, means)
+        return new_updates, ScaleByCenteredRmsState(squares, means)
 
     return GradientTransformation(init_fn, update_fn)
 
 
-class TorchAmsgradState(NamedTuple):
+class ScaleByTorchAmsgradState(NamedTuple):
     count: jax.Array
     momentums: Any
     velocities: Any
     max_velocities: Any  # running max of v, torch's max_exp_avg_sq
 
 
-def scale_by_torch_amsgrad(beta1: float = 0.9, beta2: float = 0.999, epsilon: float = 1e-8, *, state_dtype: Any | None = None) -> GradientTransformation:
+def scale_by_torch_amsgrad(
+    beta1: float = 0.9, beta2: float = 0.999, epsilon: float = 1e-8, *, state_dtype: Any | None = None
+) -> GradientTransformation:
     """AMSGrad as torch ``Adam(amsgrad=True)``: ``v_max = max(v_max, v_t)``,
     ``u = (m_t / (1 - b1^t)) / (sqrt(v_max) / sqrt(1 - b2^t) + eps)``. (optax's ``amsgrad`` takes the max
     of the bias-corrected ``v``, which differs in the first steps.)"""
@@ -398,13 +426,15 @@ def scale_by_torch_amsgrad(beta1: float = 0.9, beta2: float = 0.999, epsilon: fl
     _checks.state_dtype(state_dtype)
 
     def init_fn(params):
-        return TorchAmsgradState(zero_count(), *(_state_tree(params, state_dtype) for _ in range(3)))
+        return ScaleByTorchAmsgradState(zero_count(), *(_state_tree(params, state_dtype) for _ in range(3)))
 
     def update_fn(updates, state, params=None):
         del params
-        updates = _check_block(updates, state, TorchAmsgradState, "momentums")
+        updates = _check_block(updates, state, ScaleByTorchAmsgradState, "momentums")
         count = safe_increment(state.count)
-        corrections = per_compute_dtype(updates, lambda dt: (bias_correction(beta1, count, dt), jnp.sqrt(bias_correction(beta2, count, dt))))
+        corrections = per_compute_dtype(
+            updates, lambda dt: (bias_correction(beta1, count, dt), jnp.sqrt(bias_correction(beta2, count, dt)))
+        )
 
         def step(g, m, v, v_max):
             g32 = _to_compute(g)
@@ -417,18 +447,20 @@ def scale_by_torch_amsgrad(beta1: float = 0.9, beta2: float = 0.999, epsilon: fl
 
         out = tree_map(step, updates, state.momentums, state.velocities, state.max_velocities)
         new_updates, m, v, v_max = unzip(updates, out, 4)
-        return new_updates, TorchAmsgradState(count, m, v, v_max)
+        return new_updates, ScaleByTorchAmsgradState(count, m, v, v_max)
 
     return GradientTransformation(init_fn, update_fn)
 
 
-class NadamState(NamedTuple):
+class ScaleByNadamState(NamedTuple):
     count: jax.Array
     momentums: Any
     velocities: Any
 
 
-def scale_by_nadam(beta1: float = 0.9, beta2: float = 0.999, epsilon: float = 1e-8, *, state_dtype: Any | None = None) -> GradientTransformation:
+def scale_by_nadam(
+    beta1: float = 0.9, beta2: float = 0.999, epsilon: float = 1e-8, *, state_dtype: Any | None = None
+) -> GradientTransformation:
     """NAdam in optax's form (Dozat 2016 without momentum decay):
     ``m_hat = b1 * m_t / (1 - b1^(t+1)) + (1 - b1) * g_t / (1 - b1^t)``, ``u = m_hat / (sqrt(v_t / (1 - b2^t)) + eps)``.
     torch ``NAdam`` also decays the momentum coefficient (``momentum_decay=0.004``), so it differs."""
@@ -438,15 +470,19 @@ def scale_by_nadam(beta1: float = 0.9, beta2: float = 0.999, epsilon: float = 1e
     _checks.state_dtype(state_dtype)
 
     def init_fn(params):
-        return NadamState(zero_count(), _state_tree(params, state_dtype), _state_tree(params, state_dtype))
+        return ScaleByNadamState(zero_count(), _state_tree(params, state_dtype), _state_tree(params, state_dtype))
 
     def update_fn(updates, state, params=None):
         del params
-        updates = _check_block(updates, state, NadamState, "momentums")
+        updates = _check_block(updates, state, ScaleByNadamState, "momentums")
         count = safe_increment(state.count)
         corrections = per_compute_dtype(
             updates,
-            lambda dt: (bias_correction(beta1, count, dt), bias_correction(beta1, safe_increment(count), dt), bias_correction(beta2, count, dt)),
+            lambda dt: (
+                bias_correction(beta1, count, dt),
+                bias_correction(beta1, safe_increment(count), dt),
+                bias_correction(beta2, count, dt),
+            ),
         )
 
         def step(g, m, v):
@@ -460,16 +496,18 @@ def scale_by_nadam(beta1: float = 0.9, beta2: float = 0.999, epsilon: float = 1e
             return out.astype(g.dtype), m_new.astype(m.dtype), v_new.astype(v.dtype)
 
         new_updates, m, v = unzip(updates, tree_map(step, updates, state.momentums, state.velocities), 3)
-        return new_updates, NadamState(count, m, v)
+        return new_updates, ScaleByNadamState(count, m, v)
 
     return GradientTransformation(init_fn, update_fn)
 
 
-class TorchAdagradState(NamedTuple):
+class ScaleByTorchAdagradState(NamedTuple):
     sum_of_squares: Any
 
 
-def scale_by_torch_adagrad(initial_accumulator_value: float = 0.0, epsilon: float = 1e-10, *, state_dtype: Any | None = None) -> GradientTransformation:
+def scale_by_torch_adagrad(
+    initial_accumulator_value: float = 0.0, epsilon: float = 1e-10, *, state_dtype: Any | None = None
+) -> GradientTransformation:
     """Adagrad as torch ``Adagrad`` (defaults 0 and 1e-10): ``s = s + g^2``, ``u = g / (sqrt(s) + eps)``.
     optax ``adagrad`` starts at 0.1 and puts eps inside the root."""
     _checks.non_negative("initial_accumulator_value", initial_accumulator_value)
@@ -478,12 +516,19 @@ def scale_by_torch_adagrad(initial_accumulator_value: float = 0.0, epsilon: floa
 
     def step(g, s, _):
         s_new = _to_compute(s) + _to_compute(g) * _to_compute(g)
-        return (_to_compute(g) / (safe_sqrt(s_new) + safe_epsilon(epsilon, s_new.dtype))).astype(g.dtype), s_new.astype(s.dtype)
+        return (_to_compute(g) / (safe_sqrt(s_new) + safe_epsilon(epsilon, s_new.dtype))).astype(g.dtype), s_new.astype(
+            s.dtype
+        )
 
-    return _one_buffer_block(TorchAdagradState, "sum_of_squares", lambda params: _state_tree(params, state_dtype, initial_accumulator_value), step)
+    return _one_buffer_block(
+        ScaleByTorchAdagradState,
+        "sum_of_squares",
+        lambda params: _state_tree(params, state_dtype, initial_accumulator_value),
+        step,
+    )
 
 
-class LionState(NamedTuple):
+class ScaleByLionState(NamedTuple):
     momentums: Any
 
 
@@ -498,4 +543,4 @@ def scale_by_lion(beta1: float = 0.9, beta2: float = 0.99, *, state_dtype: Any |
         out = jnp.sign(beta1 * _to_compute(m) + (1 - beta1) * _to_compute(g))
         return out.astype(g.dtype), (beta2 * _to_compute(m) + (1 - beta2) * _to_compute(g)).astype(m.dtype)
 
-    return _one_buffer_block(LionState, "momentums", lambda params: _state_tree(params, state_dtype), step)
+    return _one_buffer_block(ScaleByLionState, "momentums", lambda params: _state_tree(params, state_dtype), step)

@@ -12,7 +12,14 @@ from mpnn_opt._numerics import bias_correction, safe_increment, zero_count
 from mpnn_opt._tree import check_same_structure, check_state, compute_dtype, tree_map
 from mpnn_opt.base import AnyTransformation, GradientTransformation, OptState, Params, with_extra_args
 
-__all__ = ["SkipNonFiniteState", "skip_non_finite", "ParamsEma", "params_ema_init", "params_ema_update", "ema_params"]
+__all__ = [
+    "SkipNonFiniteState",
+    "skip_non_finite",
+    "ParamsEmaState",
+    "params_ema_init",
+    "params_ema_update",
+    "ema_params",
+]
 
 
 class SkipNonFiniteState(NamedTuple):
@@ -53,13 +60,13 @@ def skip_non_finite(inner: AnyTransformation) -> GradientTransformation:
     return GradientTransformation(init_fn, update_fn)
 
 
-class ParamsEma(NamedTuple):
+class ParamsEmaState(NamedTuple):
     count: jax.Array  # int32, updates folded in
     average: Any  # the (biased) running average, mirrors params
     decay: jax.Array  # the decay given to params_ema_init, read by both params_ema_update and ema_params
 
 
-def params_ema_init(params: Params, decay: float = 0.999) -> ParamsEma:
+def params_ema_init(params: Params, decay: float = 0.999) -> ParamsEmaState:
     """A fresh EMA of ``params`` (zeros, step 0, float32 or wider) that averages with ``decay``.
 
     The decay is given here once and kept in the EMA, so the update and the debiased read cannot
@@ -68,22 +75,24 @@ def params_ema_init(params: Params, decay: float = 0.999) -> ParamsEma:
     """
     _checks.in_unit_interval("decay", decay)
     average = tree_map(lambda p: jnp.zeros(jnp.shape(p), compute_dtype(jnp.result_type(p))), params)
-    return ParamsEma(zero_count(), average, jnp.asarray(decay))
+    return ParamsEmaState(zero_count(), average, jnp.asarray(decay))
 
 
-def params_ema_update(ema: ParamsEma, params: Params) -> ParamsEma:
+def params_ema_update(ema: ParamsEmaState, params: Params) -> ParamsEmaState:
     """``a_t = decay * a_{t-1} + (1 - decay) * p_t`` with the EMA's decay: call after each step with the new params."""
-    check_state(ema, ParamsEma, "params_ema_update")
+    check_state(ema, ParamsEmaState, "params_ema_update")
     check_same_structure(ema.average, params, expected_name="the EMA", got_name="params")
     decay = ema.decay
-    average = tree_map(lambda a, p: (decay * a + (1 - decay) * jnp.asarray(p).astype(a.dtype)).astype(a.dtype), ema.average, params)
-    return ParamsEma(safe_increment(ema.count), average, decay)
+    average = tree_map(
+        lambda a, p: (decay * a + (1 - decay) * jnp.asarray(p).astype(a.dtype)).astype(a.dtype), ema.average, params
+    )
+    return ParamsEmaState(safe_increment(ema.count), average, decay)
 
 
-def ema_params(ema: ParamsEma, debias: bool = True, like: Params | None = None) -> Params:
+def ema_params(ema: ParamsEmaState, debias: bool = True, like: Params | None = None) -> Params:
     """The averaged params for evaluation: ``a_t / (1 - decay^t)`` if ``debias`` (optax ``ema``'s
     ``debias=True``), else ``a_t``; cast to the dtypes of ``like`` when given. ``decay`` is the EMA's own."""
-    check_state(ema, ParamsEma, "ema_params")
+    check_state(ema, ParamsEmaState, "ema_params")
     _checks.flag("debias", debias)
     correction = bias_correction(ema.decay, ema.count, ema.decay.dtype) if debias else 1.0
     averaged = tree_map(lambda a: a / jnp.where(ema.count > 0, correction, 1.0), ema.average)

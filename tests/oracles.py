@@ -7,8 +7,21 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+from mpneuralnetwork import optimizers as seed
 
 import mpnn_opt
+
+# The seed's three optimizers: ours and mpneuralnetwork's class, and settings away from the defaults.
+SEED_ALIASES = {
+    "sgd": (mpnn_opt.sgd, seed.SGD),
+    "rmsprop": (mpnn_opt.rmsprop, seed.RMSprop),
+    "adam": (mpnn_opt.adam, seed.Adam),
+}
+SEED_SETTINGS = {
+    "sgd": dict(learning_rate=0.05, weight_decay=0.01, momentum=0.9),
+    "rmsprop": dict(learning_rate=0.01, weight_decay=0.01, decay_rate=0.95, epsilon=1e-6),
+    "adam": dict(learning_rate=0.01, weight_decay=0.02, beta1=0.8, beta2=0.99, epsilon=1e-7),
+}
 
 # One layer per top-level key; the leaf names are the seed's parameter names.
 TREE_SHAPES = {
@@ -31,7 +44,10 @@ class SeedLayer:
 
 
 def random_tree(rng: np.random.Generator, shapes: dict = TREE_SHAPES, dtype=np.float32) -> dict:
-    return {layer: {name: rng.standard_normal(shape).astype(dtype) for name, shape in leaves.items()} for layer, leaves in shapes.items()}
+    return {
+        layer: {name: rng.standard_normal(shape).astype(dtype) for name, shape in leaves.items()}
+        for layer, leaves in shapes.items()
+    }
 
 
 def relative_error(got, expected) -> float:

@@ -10,18 +10,12 @@ import optax
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from mpneuralnetwork import optimizers as seed
 
 import mpnn_opt
-from oracles import random_tree, run_seed, run_transform, tree_relative_error
+from oracles import SEED_ALIASES, SEED_SETTINGS, random_tree, run_seed, run_transform, tree_relative_error
 
 STEPS = 50
-ALIASES = {"sgd": (mpnn_opt.sgd, seed.SGD), "rmsprop": (mpnn_opt.rmsprop, seed.RMSprop), "adam": (mpnn_opt.adam, seed.Adam)}
-SETTINGS = {
-    "sgd": dict(learning_rate=0.05, weight_decay=0.01, momentum=0.9),
-    "rmsprop": dict(learning_rate=0.01, weight_decay=0.01, decay_rate=0.95, epsilon=1e-6),
-    "adam": dict(learning_rate=0.01, weight_decay=0.02, beta1=0.8, beta2=0.99, epsilon=1e-7),
-}
+ALIASES, SETTINGS = SEED_ALIASES, SEED_SETTINGS
 
 
 def _max_step_error(ours, theirs) -> float:
@@ -71,7 +65,10 @@ def test_alias_defaults_reproduce_mpneuralnetwork_defaults(name, rng):
     "ours, theirs",
     [
         (mpnn_opt.adam(0.01, None, beta1=0.8, beta2=0.99, epsilon=1e-7), optax.adam(0.01, b1=0.8, b2=0.99, eps=1e-7)),
-        (mpnn_opt.rmsprop(0.01, None, decay_rate=0.95, epsilon=1e-6), optax.rmsprop(0.01, decay=0.95, eps=1e-6, eps_in_sqrt=False)),
+        (
+            mpnn_opt.rmsprop(0.01, None, decay_rate=0.95, epsilon=1e-6),
+            optax.rmsprop(0.01, decay=0.95, eps=1e-6, eps_in_sqrt=False),
+        ),
         (mpnn_opt.sgd(0.05, None, momentum=0.9), optax.sgd(0.05, momentum=0.9)),
     ],
     ids=["adam", "rmsprop", "sgd"],
@@ -93,10 +90,17 @@ def test_alias_without_regularization_matches_optax(ours, theirs, rng):
     decay=st.floats(0.0, 0.99),
     seed_value=st.integers(0, 2**16),
 )
-def test_alias_matches_mpneuralnetwork_for_any_hyperparameters(name, regularization, learning_rate, weight_decay, decay, seed_value):
+def test_alias_matches_mpneuralnetwork_for_any_hyperparameters(
+    name, regularization, learning_rate, weight_decay, decay, seed_value
+):
     alias, seed_class = ALIASES[name]
     decay_argument = {"sgd": "momentum", "rmsprop": "decay_rate", "adam": "beta1"}[name]
-    kwargs = {"learning_rate": learning_rate, "regularization": regularization, "weight_decay": weight_decay, decay_argument: decay}
+    kwargs = {
+        "learning_rate": learning_rate,
+        "regularization": regularization,
+        "weight_decay": weight_decay,
+        decay_argument: decay,
+    }
     rng = np.random.default_rng(seed_value)
     shapes = {"layer": {"weights": (4, 3), "bias": (3,)}}
     params0 = random_tree(rng, shapes)

@@ -21,7 +21,12 @@ def _apply(tx, grads):
 def test_clip_by_value_and_by_global_norm_equal_optax(limit, rng):
     grads = jax.tree.map(jnp.asarray, random_tree(rng))
     assert tree_relative_error(_apply(clipping.clip(limit), grads), _apply(optax.clip(limit), grads)) == 0.0
-    assert tree_relative_error(_apply(clipping.clip_by_global_norm(limit), grads), _apply(optax.clip_by_global_norm(limit), grads)) <= 1e-6
+    assert (
+        tree_relative_error(
+            _apply(clipping.clip_by_global_norm(limit), grads), _apply(optax.clip_by_global_norm(limit), grads)
+        )
+        <= 1e-6
+    )
 
 
 def test_global_norm_by_hand():

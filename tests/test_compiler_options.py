@@ -31,7 +31,9 @@ def test_a_bad_threshold_raises_naming_the_argument(bad):
 @pytest.mark.parametrize("name", ["sgd", "rmsprop", "adam"])
 def test_a_step_compiled_with_the_option_is_not_split_and_gives_the_same_numbers(name, rng):
     tx = getattr(mpnn_opt, name)()
-    params = mpnn_opt.pack({"dense": {"weights": jnp.asarray(rng.standard_normal((300, 300)), jnp.float32), "bias": jnp.zeros(300)}})
+    params = mpnn_opt.pack(
+        {"dense": {"weights": jnp.asarray(rng.standard_normal((300, 300)), jnp.float32), "bias": jnp.zeros(300)}}
+    )
     grads = jax.tree.map(lambda x: jnp.asarray(rng.standard_normal(x.shape), x.dtype), params)
 
     def step(params, grads, state):

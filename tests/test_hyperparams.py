@@ -7,13 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from mpneuralnetwork import optimizers as seed
 
 import mpnn_opt
 from mpnn_opt.hyperparams import InjectHyperparamsState, inject_hyperparams, read_value, with_hyperparam
-from oracles import SeedLayer, counting_step, random_tree, tree_relative_error
+from oracles import SEED_ALIASES, SeedLayer, counting_step, random_tree, tree_relative_error
 
-SEED_CLASSES = {"sgd": seed.SGD, "rmsprop": seed.RMSprop, "adam": seed.Adam}
+SEED_CLASSES = {name: seed_class for name, (_, seed_class) in SEED_ALIASES.items()}
 
 
 @pytest.mark.parametrize("regularization", ["L1", "L2"])
@@ -22,7 +21,9 @@ def test_learning_rate_changed_mid_run_matches_the_seed_without_retracing(name, 
     params0 = random_tree(rng)
     grads = [random_tree(rng) for _ in range(30)]
     oracle = SEED_CLASSES[name](learning_rate=0.01, regularization=regularization, weight_decay=0.01)
-    tx = inject_hyperparams(getattr(mpnn_opt, name))(learning_rate=0.01, regularization=regularization, weight_decay=0.01)
+    tx = inject_hyperparams(getattr(mpnn_opt, name))(
+        learning_rate=0.01, regularization=regularization, weight_decay=0.01
+    )
     step, traces = counting_step(tx)
 
     params = jax.tree.map(jnp.asarray, params0)

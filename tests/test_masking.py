@@ -45,9 +45,15 @@ def test_masked_out_leaves_pass_through_unchanged_and_keep_no_state():
 def test_partition_gives_each_group_its_own_learning_rate_like_optax_multi_transform(rng):
     params0 = random_tree(rng)
     grads = [random_tree(rng) for _ in range(10)]
-    labels = lambda p: {layer: {n: "slow" if layer == "conv" else "fast" for n in leaves} for layer, leaves in p.items()}  # noqa: E731
-    ours = partition({"fast": mpnn_opt.sgd(0.1, None, momentum=0.9), "slow": mpnn_opt.sgd(0.001, None, momentum=0.9)}, labels)
-    theirs = optax.multi_transform({"fast": optax.sgd(0.1, momentum=0.9), "slow": optax.sgd(0.001, momentum=0.9)}, labels)
+    labels = lambda p: {
+        layer: {n: "slow" if layer == "conv" else "fast" for n in leaves} for layer, leaves in p.items()
+    }  # noqa: E731
+    ours = partition(
+        {"fast": mpnn_opt.sgd(0.1, None, momentum=0.9), "slow": mpnn_opt.sgd(0.001, None, momentum=0.9)}, labels
+    )
+    theirs = optax.multi_transform(
+        {"fast": optax.sgd(0.1, momentum=0.9), "slow": optax.sgd(0.001, momentum=0.9)}, labels
+    )
     got = run_transform(ours, params0, grads)
     expected = run_transform(theirs, params0, grads, apply=optax.apply_updates)
     assert max(tree_relative_error(a, b) for a, b in zip(got, expected)) <= 1e-6

@@ -16,10 +16,25 @@ from oracles import counting_step, random_tree, tree_relative_error
 STEPS, SWITCH = 50, 25
 
 TORCH_CASES = {
-    "sgd momentum": (mpnn_opt.torch_sgd, dict(momentum=0.9, weight_decay=0.01), "SGD", dict(momentum=0.9, weight_decay=0.01)),
+    "sgd momentum": (
+        mpnn_opt.torch_sgd,
+        dict(momentum=0.9, weight_decay=0.01),
+        "SGD",
+        dict(momentum=0.9, weight_decay=0.01),
+    ),
     "sgd nesterov": (mpnn_opt.torch_sgd, dict(momentum=0.9, nesterov=True), "SGD", dict(momentum=0.9, nesterov=True)),
-    "rmsprop": (mpnn_opt.torch_rmsprop, dict(decay_rate=0.9, weight_decay=0.01), "RMSprop", dict(alpha=0.9, weight_decay=0.01)),
-    "rmsprop centered momentum": (mpnn_opt.torch_rmsprop, dict(centered=True, momentum=0.5), "RMSprop", dict(centered=True, momentum=0.5)),
+    "rmsprop": (
+        mpnn_opt.torch_rmsprop,
+        dict(decay_rate=0.9, weight_decay=0.01),
+        "RMSprop",
+        dict(alpha=0.9, weight_decay=0.01),
+    ),
+    "rmsprop centered momentum": (
+        mpnn_opt.torch_rmsprop,
+        dict(centered=True, momentum=0.5),
+        "RMSprop",
+        dict(centered=True, momentum=0.5),
+    ),
     "adamw": (mpnn_opt.torch_adamw, dict(weight_decay=0.1), "AdamW", dict(weight_decay=0.1)),
     "adamw amsgrad": (mpnn_opt.torch_adamw, dict(amsgrad=True), "AdamW", dict(amsgrad=True)),
     "adagrad": (mpnn_opt.torch_adagrad, dict(weight_decay=0.01), "Adagrad", dict(weight_decay=0.01)),
@@ -65,7 +80,10 @@ def test_torch_convention_optimizer_matches_torch_for_50_steps_with_a_learning_r
 
 @pytest.mark.parametrize(
     "ours, theirs",
-    [(mpnn_opt.nadam, optax.nadam), (mpnn_opt.lion, lambda learning_rate: optax.lion(learning_rate, weight_decay=0.001))],
+    [
+        (mpnn_opt.nadam, optax.nadam),
+        (mpnn_opt.lion, lambda learning_rate: optax.lion(learning_rate, weight_decay=0.001)),
+    ],
     ids=["nadam", "lion"],
 )
 def test_optax_convention_optimizer_matches_optax_for_50_steps_with_a_learning_rate_change(ours, theirs, rng):
@@ -100,7 +118,9 @@ def test_scale_by_rms_has_optax_math_eps_inside_the_root_by_default(rng):
 
     params0 = random_tree(rng)
     grads = [random_tree(rng) for _ in range(STEPS)]
-    got = run_transform(mpnn_opt.chain(mpnn_opt.scale_by_rms(0.9, 1e-4), mpnn_opt.scale_by_learning_rate(0.01)), params0, grads)
+    got = run_transform(
+        mpnn_opt.chain(mpnn_opt.scale_by_rms(0.9, 1e-4), mpnn_opt.scale_by_learning_rate(0.01)), params0, grads
+    )
     expected = run_transform(optax.rmsprop(0.01, eps=1e-4), params0, grads, apply=optax.apply_updates)
     assert max(tree_relative_error(a, b) for a, b in zip(got, expected)) <= 1e-6
 

@@ -15,7 +15,8 @@ import sys
 import jax
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 import mpnn_opt
 from mpnn_opt.sharding import state_shardings
@@ -27,7 +28,11 @@ def test_the_eight_device_suite_passes_in_its_own_process():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(TESTS / "multidevice")],
-        cwd=TESTS.parent, env=env, capture_output=True, text=True, timeout=600,
+        cwd=TESTS.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     report = result.stdout + result.stderr
     assert result.returncode == 0, report

@@ -19,8 +19,8 @@ from mpneuralnetwork.layers import BatchNormalization, Convolutional, Dense, Dro
 from mpneuralnetwork.losses import MSE
 from mpneuralnetwork.model import Model
 
-from oracles import SeedLayer, random_tree, relative_error
 from mpnn_opt.optimizers import _adapter as ours
+from oracles import SeedLayer, random_tree, relative_error
 
 CLASSES = ("SGD", "RMSprop", "Adam")
 SETTINGS = {
@@ -35,7 +35,9 @@ def _pair(name: str, mode: str | None) -> tuple:
     """Ours and the seed's optimizer in the same mode; 'off' is ours None vs the seed's weight_decay=0."""
     settings = SETTINGS[name]
     if mode == "off":
-        return getattr(ours, name)(**settings, regularization=None), getattr(seed, name)(**dict(settings, weight_decay=0.0))
+        return getattr(ours, name)(**settings, regularization=None), getattr(seed, name)(
+            **dict(settings, weight_decay=0.0)
+        )
     return getattr(ours, name)(**settings, regularization=mode), getattr(seed, name)(**settings, regularization=mode)
 
 
@@ -379,7 +381,9 @@ def test_step_donates_spare_buffers_not_the_live_state_and_outputs_reuse_their_m
     assert optimizer._scratch.slots is live  # this step's old state is the next step's spare
     # each output lands in its own donated input (new momentums where the spare momentums were, ...):
     # paired otherwise, XLA must copy buffers around to avoid overwriting what it still reads
-    now = jax.tree.map(lambda buffer: buffer.unsafe_buffer_pointer(), (optimizer._scratch.params, optimizer._device.slots))
+    now = jax.tree.map(
+        lambda buffer: buffer.unsafe_buffer_pointer(), (optimizer._scratch.params, optimizer._device.slots)
+    )
     assert now == addresses
 
 
@@ -392,11 +396,15 @@ def test_step_donates_spare_buffers_not_the_live_state_and_outputs_reuse_their_m
         # importing changes no process setting (JAX's default is asynchronous dispatch)
         ("import jax, mpnn_opt.optimizers; print(jax.config.read('jax_cpu_enable_async_dispatch'))", "True"),
         # the explicit call, made before JAX starts, turns it off and says so
-        ("import jax, mpnn_opt.optimizers as o; print(o.use_synchronous_dispatch(), jax.config.read('jax_cpu_enable_async_dispatch'))",
-         "True False"),
+        (
+            "import jax, mpnn_opt.optimizers as o; print(o.use_synchronous_dispatch(), jax.config.read('jax_cpu_enable_async_dispatch'))",
+            "True False",
+        ),
         # once JAX's backend runs, the setting can no longer take effect: the call says so and changes nothing
-        ("import jax, mpnn_opt.optimizers as o; jax.numpy.ones(1); print(o.use_synchronous_dispatch(), jax.config.read('jax_cpu_enable_async_dispatch'))",
-         "False True"),
+        (
+            "import jax, mpnn_opt.optimizers as o; jax.numpy.ones(1); print(o.use_synchronous_dispatch(), jax.config.read('jax_cpu_enable_async_dispatch'))",
+            "False True",
+        ),
     ],
 )
 def test_the_dispatch_setting_is_an_explicit_call_not_an_import_side_effect(code, expected):
@@ -417,6 +425,14 @@ def test_step_on_a_small_model_compiles_without_thread_splitting(rng):
     assert dict(options) == {"xla_disable_hlo_passes": "cpu-parallel-task-assigner"}
     update = ours._compiled_update(ours.Adam._alias, "L2", ours.Adam._slot_names, ours.Adam._hyperparameters, options)
     scratch = optimizer._scratch
-    arguments = (host_params, host_grads, optimizer._device.slots, scratch.params, scratch.slots, 1, optimizer._hyper("float32"))
+    arguments = (
+        host_params,
+        host_grads,
+        optimizer._device.slots,
+        scratch.params,
+        scratch.slots,
+        1,
+        optimizer._hyper("float32"),
+    )
     text = update.lower(*arguments).compile().as_text()
     assert "outer_dimension_partitions" not in text

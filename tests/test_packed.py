@@ -6,18 +6,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from mpneuralnetwork import optimizers as seed
 
 import mpnn_opt
-from oracles import random_tree, run_seed, run_transform, tree_relative_error
 from mpnn_opt.packed import Packed, pack, regularized_mask, unpack
+from oracles import SEED_ALIASES, SEED_SETTINGS, random_tree, run_seed, run_transform, tree_relative_error
 
-ALIASES = {"sgd": (mpnn_opt.sgd, seed.SGD), "rmsprop": (mpnn_opt.rmsprop, seed.RMSprop), "adam": (mpnn_opt.adam, seed.Adam)}
-SETTINGS = {
-    "sgd": dict(learning_rate=0.05, weight_decay=0.01, momentum=0.9),
-    "rmsprop": dict(learning_rate=0.01, weight_decay=0.01, decay_rate=0.95, epsilon=1e-6),
-    "adam": dict(learning_rate=0.01, weight_decay=0.02, beta1=0.8, beta2=0.99, epsilon=1e-7),
-}
+ALIASES, SETTINGS = SEED_ALIASES, SEED_SETTINGS
 STEPS = 20
 
 
@@ -36,7 +30,14 @@ def test_pack_puts_regularized_and_unregularized_leaves_in_two_buffers_in_leaf_o
     packed = pack(params)
     assert packed.layout.names == ("float32_unregularized_bias_beta_gamma", "float32_regularized")
     assert packed.layout.regularized == (False, True)
-    by_hand_free = np.concatenate([params["conv"]["biases"].ravel(), params["dense"]["biases"].ravel(), params["norm"]["beta"].ravel(), params["norm"]["gamma"].ravel()])
+    by_hand_free = np.concatenate(
+        [
+            params["conv"]["biases"].ravel(),
+            params["dense"]["biases"].ravel(),
+            params["norm"]["beta"].ravel(),
+            params["norm"]["gamma"].ravel(),
+        ]
+    )
     by_hand_regularized = np.concatenate([params["conv"]["kernels"].ravel(), params["dense"]["weights"].ravel()])
     np.testing.assert_array_equal(packed.buffers[0], by_hand_free)
     np.testing.assert_array_equal(packed.buffers[1], by_hand_regularized)
@@ -44,14 +45,19 @@ def test_pack_puts_regularized_and_unregularized_leaves_in_two_buffers_in_leaf_o
 
 
 def test_unpack_returns_the_original_tree_exactly_with_mixed_dtypes_and_none_leaves(rng):
-    params = {"a": {"weights": rng.standard_normal((3, 4)).astype(np.float32), "bias": None}, "b": {"weights": jnp.asarray(rng.standard_normal((5, 1)), jnp.bfloat16)}}
+    params = {
+        "a": {"weights": rng.standard_normal((3, 4)).astype(np.float32), "bias": None},
+        "b": {"weights": jnp.asarray(rng.standard_normal((5, 1)), jnp.bfloat16)},
+    }
     packed = pack(params)
     assert packed.layout.names == ("float32_regularized", "bfloat16_regularized")
     back = unpack(packed)
     assert back["a"]["bias"] is None
     np.testing.assert_array_equal(back["a"]["weights"], params["a"]["weights"])
     assert back["b"]["weights"].dtype == jnp.bfloat16
-    np.testing.assert_array_equal(np.asarray(back["b"]["weights"], np.float32), np.asarray(params["b"]["weights"], np.float32))
+    np.testing.assert_array_equal(
+        np.asarray(back["b"]["weights"], np.float32), np.asarray(params["b"]["weights"], np.float32)
+    )
 
 
 def test_grad_through_unpack_comes_back_packed_and_equals_the_packed_per_leaf_grad(rng):
@@ -91,7 +97,10 @@ def test_alias_on_packed_params_reproduces_mpneuralnetwork(name, regularization,
     params0 = random_tree(rng)
     grads = [random_tree(rng) for _ in range(STEPS)]
     kwargs = dict(SETTINGS[name], regularization=regularization)
-    assert _max_step_error(_run_packed(alias(**kwargs), params0, grads), run_seed(seed_class(**kwargs), params0, grads)) <= 1e-6
+    assert (
+        _max_step_error(_run_packed(alias(**kwargs), params0, grads), run_seed(seed_class(**kwargs), params0, grads))
+        <= 1e-6
+    )
 
 
 def test_a_custom_pack_mask_is_honoured_by_regularized_mask_and_by_the_group_names(rng):

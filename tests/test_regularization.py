@@ -26,7 +26,9 @@ def test_add_regularization_equals_the_seeds_apply_regularization(regularization
     oracle = seed.SGD(regularization=regularization, weight_decay=0.1)
     names = ["weights", "biases", "kernels", "gamma", "beta", "running_mean"]
     params = {name: jnp.asarray(W) for name in names}
-    updates, _ = mpnn_opt.add_regularization(regularization, 0.1).update({name: jnp.asarray(G) for name in names}, mpnn_opt.EmptyState(), params)
+    updates, _ = mpnn_opt.add_regularization(regularization, 0.1).update(
+        {name: jnp.asarray(G) for name in names}, mpnn_opt.EmptyState(), params
+    )
     for name in names:
         np.testing.assert_allclose(updates[name], G + oracle.apply_regularization(name, W), rtol=1e-7)
 
@@ -57,7 +59,12 @@ def test_decoupled_weight_decay_follows_a_learning_rate_schedule():
 
 
 def test_seed_name_mask_uses_the_last_key_of_each_path():
-    params = {"bias_block": {"weights": 1.0}, "dense": {"biases": 1.0, "W": 1.0}, "norm": [{"gamma": 1.0}, {"beta": 1.0}], "list": [1.0]}
+    params = {
+        "bias_block": {"weights": 1.0},
+        "dense": {"biases": 1.0, "W": 1.0},
+        "norm": [{"gamma": 1.0}, {"beta": 1.0}],
+        "list": [1.0],
+    }
     assert mpnn_opt.regularization.seed_name_mask(params) == {
         "bias_block": {"weights": True},
         "dense": {"biases": False, "W": True},

@@ -58,7 +58,9 @@ def test_a_schedule_drives_adam_like_a_hand_run_learning_rate():
         updates, state = tx.update({"weights": jnp.asarray(g, jnp.float32)}, state, params)
         params = mpnn_opt.apply_updates(params, updates)
         m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g**2
-        w = w - float(optax.warmup_cosine_decay_schedule(0.0, 0.1, 3, 10)(t - 1)) * (m / (1 - 0.9**t)) / (np.sqrt(v / (1 - 0.999**t)) + 1e-8)
+        w = w - float(optax.warmup_cosine_decay_schedule(0.0, 0.1, 3, 10)(t - 1)) * (m / (1 - 0.9**t)) / (
+            np.sqrt(v / (1 - 0.999**t)) + 1e-8
+        )
         np.testing.assert_allclose(params["weights"], w, rtol=1e-5)
 
 

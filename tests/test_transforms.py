@@ -10,7 +10,11 @@ import pytest
 import mpnn_opt
 from mpnn_opt._numerics import bias_correction, safe_increment
 
-GRADS = [np.array([0.5, -1.0, 2.0], np.float32), np.array([-0.25, 0.0, 1.0], np.float32), np.array([1.5, 3.0, -2.0], np.float32)]
+GRADS = [
+    np.array([0.5, -1.0, 2.0], np.float32),
+    np.array([-0.25, 0.0, 1.0], np.float32),
+    np.array([1.5, 3.0, -2.0], np.float32),
+]
 
 
 def _run(tx, grads=GRADS, params=None):
@@ -68,7 +72,9 @@ def test_rms_step_multiplies_by_the_learning_rate_before_dividing():
 def test_rms_step_equals_scale_by_rms_then_the_learning_rate_and_reads_a_schedule():
     schedule = lambda count: 0.1 / (count + 1)  # noqa: E731
     fused, state = _run(mpnn_opt.rms_step(schedule, 0.8, 1e-2))
-    divide_first, _ = _run(mpnn_opt.chain(mpnn_opt.scale_by_rms(0.8, 1e-2, eps_in_sqrt=False), mpnn_opt.scale_by_learning_rate(schedule)))
+    divide_first, _ = _run(
+        mpnn_opt.chain(mpnn_opt.scale_by_rms(0.8, 1e-2, eps_in_sqrt=False), mpnn_opt.scale_by_learning_rate(schedule))
+    )
     for got, want in zip(fused, divide_first):
         np.testing.assert_allclose(got, want, rtol=1e-6)
     assert int(state.count) == 3
@@ -89,7 +95,11 @@ def _full_size_loops(tx, size=1 << 16):
 
 def test_rmsprop_with_a_coupled_penalty_compiles_to_as_many_loops_as_without():
     # Dividing first made XLA:CPU write g + wd * w to memory in a loop of its own (3 loops, 2x the time).
-    assert _full_size_loops(mpnn_opt.rmsprop(regularization="L2")) == _full_size_loops(mpnn_opt.rmsprop(regularization=None)) == 2
+    assert (
+        _full_size_loops(mpnn_opt.rmsprop(regularization="L2"))
+        == _full_size_loops(mpnn_opt.rmsprop(regularization=None))
+        == 2
+    )
 
 
 def test_scale_by_adam_bias_corrects_with_its_own_count():

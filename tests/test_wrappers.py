@@ -65,7 +65,7 @@ def test_skipping_needs_no_host_synchronization():
 def test_params_ema_by_hand_with_and_without_debiasing():
     ema = params_ema_init({"w": jnp.array([0.0], jnp.bfloat16)}, decay=0.5)
     averaged = 0.0
-    for t, p in enumerate([1.0, 2.0, 4.0], start=1):
+    for p in [1.0, 2.0, 4.0]:
         ema = params_ema_update(ema, {"w": jnp.array([p], jnp.bfloat16)})
         averaged = 0.5 * averaged + 0.5 * p
     np.testing.assert_allclose(ema_params(ema, debias=False)["w"], [averaged], rtol=1e-6)

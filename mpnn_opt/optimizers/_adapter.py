@@ -83,17 +83,18 @@ import numbers
 import operator
 import threading
 import weakref
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from mpnn_opt import _checks
-from mpnn_opt.optimizers import _staging as _layer_tree
 from mpnn_opt.aliases import adam, rmsprop, sgd
 from mpnn_opt.base import apply_updates
 from mpnn_opt.compiler_options import cpu_compiler_options
+from mpnn_opt.optimizers import _staging as _layer_tree
 from mpnn_opt.regularization import add_regularization, is_regularized_name
 
 __all__ = ["Optimizer", "SGD", "RMSprop", "Adam"]
@@ -116,7 +117,7 @@ def _fill(state: Any, slots: dict, count: Any) -> Any:
     """
     if isinstance(state, tuple) and hasattr(state, "_fields"):
         fields = {}
-        for field in state._fields:
+        for field in state._fields:  # pyright: ignore[reportAttributeAccessIssue]  # a named tuple (checked above)
             value = getattr(state, field)
             if field in slots:
                 fields[field] = slots[field]
@@ -134,14 +135,24 @@ def _slots_of(state: Any, names: tuple[str, ...]) -> dict:
     """The named-tuple fields named ``names`` found anywhere in ``state``."""
     found = {}
     if isinstance(state, tuple) and hasattr(state, "_fields"):
-        found.update({field: getattr(state, field) for field in state._fields if field in names})
+        found.update({field: getattr(state, field) for field in state._fields if field in names})  # pyright: ignore[reportAttributeAccessIssue]
     if isinstance(state, tuple):
         for inner in state:
             found.update(_slots_of(inner, names))
     return found
 
 
-def _update_tree(alias: Callable, regularization: str | None, slot_names: tuple, hyper_names: tuple, params, grads, slots, count, hyper):
+def _update_tree(
+    alias: Callable,
+    regularization: str | None,
+    slot_names: tuple,
+    hyper_names: tuple,
+    params,
+    grads,
+    slots,
+    count,
+    hyper,
+):
     """The alias's update of the packed tree, built from the traced hyperparameters: ``(new slots, new params)``."""
     values = {name: hyper[index] for index, name in enumerate(hyper_names)}
     transform = alias(regularization=regularization, mask=_layer_tree.GROUP_MASK, state_dtype=STATE_DTYPE, **values)
@@ -173,7 +184,9 @@ def _compiled_update(
 
     def update(params, grads, slots, scratch_params, scratch_slots, count, hyper):
         del scratch_params, scratch_slots  # donated only, so that the outputs reuse their memory instead of fresh pages
-        new_slots, new_params = _update_tree(alias, regularization, slot_names, hyper_names, params, grads, slots, count, hyper)
+        new_slots, new_params = _update_tree(
+            alias, regularization, slot_names, hyper_names, params, grads, slots, count, hyper
+        )
         # outputs in the order of the donated inputs (params, then slots), so that each output takes its own
         # input's buffer: jit pairs donations with outputs by position and shape (another order cost Adam two copies)
         return new_params, new_slots
@@ -182,7 +195,9 @@ def _compiled_update(
 
 
 @functools.lru_cache(maxsize=32)
-def _compiled_tied_update(alias: Callable, regularization: str | None, slot_names: tuple[str, ...], hyper_names: tuple[str, ...]) -> Callable:
+def _compiled_tied_update(
+    alias: Callable, regularization: str | None, slot_names: tuple[str, ...], hyper_names: tuple[str, ...]
+) -> Callable:
     """One jitted ``(params, grads, slots, count, hyper, mask) -> (new_params, new_slots)`` for one round of tied parameters.
 
     As :func:`_compiled_update`, but only the spans marked in ``mask`` (a boolean tree like
@@ -190,7 +205,9 @@ def _compiled_tied_update(alias: Callable, regularization: str | None, slot_name
     """
 
     def update(params, grads, slots, count, hyper, mask):
-        new_slots, new_params = _update_tree(alias, regularization, slot_names, hyper_names, params, grads, slots, count, hyper)
+        new_slots, new_params = _update_tree(
+            alias, regularization, slot_names, hyper_names, params, grads, slots, count, hyper
+        )
 
         def masked(new: dict, old: dict) -> dict:
             return {group: jnp.where(mask[group], new[group], old[group]) for group in new}
@@ -234,7 +251,7 @@ def _real_number(where: str, value: Any) -> int | float:
         finite = False
     if not finite:
         raise ValueError(f"{where} must be a finite number, got {value!r}")
-    return value if type(value) in (int, float) else float(value)
+    return value if type(value) in (int, float) else float(value)  # pyright: ignore[reportReturnType]  # a checked real (np.float64 too)
 
 
 def _step_count(where: str, value: Any) -> int:
@@ -244,7 +261,9 @@ def _step_count(where: str, value: Any) -> int:
     except TypeError:
         count = None
     if count is None:
-        raise TypeError(f"{where} must be an integer (the number of steps taken), got {value!r} of type {type(value).__name__}")
+        raise TypeError(
+            f"{where} must be an integer (the number of steps taken), got {value!r} of type {type(value).__name__}"
+        )
     if count < 0:
         raise ValueError(f"{where} must be >= 0, got {value!r}")
     return count
@@ -258,13 +277,26 @@ class Optimizer:
     its ``step`` does nothing and its ``params`` is empty.
     """
 
+    # set in __init__ through __setattr__'s checks; declared here for type checkers
+    learning_rate: float
+    regularization: str | None
+    weight_decay: float
+    t: int  # steps taken, on the classes that count them (_counts_steps)
+
     _alias: Callable | None = None
     _slot_names: tuple[str, ...] = ()
     _hyperparameters: tuple[str, ...] = ("learning_rate", "weight_decay")
     _counts_steps = False
 
-    def __init__(self, learning_rate: float, regularization: str | None, weight_decay: float, **hyperparameters: float) -> None:
-        settings = {"learning_rate": learning_rate, "regularization": regularization, "weight_decay": weight_decay, **hyperparameters}
+    def __init__(
+        self, learning_rate: float, regularization: str | None, weight_decay: float, **hyperparameters: float
+    ) -> None:
+        settings = {
+            "learning_rate": learning_rate,
+            "regularization": regularization,
+            "weight_decay": weight_decay,
+            **hyperparameters,
+        }
         checked = {name: self._checked(name, value) for name, value in settings.items()}
         self._check_together(checked)
         vars(self).update(checked)
@@ -272,7 +304,9 @@ class Optimizer:
             vars(self)["t"] = 0
         self._lock = threading.RLock()  # one step, params read or setting at a time
         self._slots: dict[str, dict[int, Any]] = {name: {} for name in self._slot_names}
-        self._written: dict[tuple[str, int], tuple[weakref.ref, weakref.ref]] = {}  # (slot, id) -> (param, value) we wrote
+        self._written: dict[
+            tuple[str, int], tuple[weakref.ref, weakref.ref]
+        ] = {}  # (slot, id) -> (param, value) we wrote
         self._device: _DeviceState | None = None
         self._scratch: _Scratch | None = None
         self._host: tuple | None = None  # ((dtype, group sizes), params buffers, grads buffers, compiler options)
@@ -312,12 +346,16 @@ class Optimizer:
 
     def _check_together(self, settings: dict) -> None:
         """Builds the alias from ``settings``, so that out-of-range values raise naming the argument."""
-        if self._alias is not None:
-            type(self)._alias(regularization=settings["regularization"], **{name: settings[name] for name in self._hyperparameters})
+        alias = type(self)._alias
+        if alias is not None:
+            alias(regularization=settings["regularization"], **{name: settings[name] for name in self._hyperparameters})
 
     def _hyper(self, dtype: Any) -> np.ndarray:
         """The hyperparameters as one vector (float64 for float64 params, else float32): one traced signature."""
-        return np.array([float(getattr(self, name)) for name in self._hyperparameters], np.float64 if dtype == "float64" else np.float32)
+        return np.array(
+            [float(getattr(self, name)) for name in self._hyperparameters],
+            np.float64 if dtype == "float64" else np.float32,
+        )
 
     # --- the step ---------------------------------------------------------------------------------
 
@@ -346,10 +384,14 @@ class Optimizer:
                 ids = tuple(id(entry.param) for entry in entries)
             layout = _layer_tree.Layout.of(entries)
             with jax.enable_x64(True) if layout.dtype == "float64" else _AS_CONFIGURED:
-                new_params, old_params, device, scratch = self._compute(entries, rounds, layout, ids, min(count, _COUNT_LIMIT))
+                new_params, old_params, device, scratch = self._compute(
+                    entries, rounds, layout, ids, min(count, _COUNT_LIMIT)
+                )
             committed.update(_device=device, _scratch=scratch)
             # the commit is one C call: no signal handler or exception can run half-way through it
-            _layer_tree.write_back(entries, layout, new_params, old_params, functools.partial(vars(self).update, committed))
+            _layer_tree.write_back(
+                entries, layout, new_params, old_params, functools.partial(vars(self).update, committed)
+            )
 
     def _compute(self, entries: list, rounds: list, layout: _layer_tree.Layout, ids: tuple, count: int) -> tuple:
         """Runs the compiled update: ``(new params, old params, new device state, next scratch)``, params as flat host arrays.
@@ -361,22 +403,34 @@ class Optimizer:
         params, grads, options = self._staging(layout)
         _layer_tree.stage(entries, layout, params, "param")
         hyper = self._hyper(layout.dtype)
+        scratch = None  # tied parameters run in rounds and use no spare buffers
         if not rounds:
             _layer_tree.stage(entries, layout, grads, "grad")
             scratch = self._take_scratch(layout)
         try:
-            if rounds:
+            if scratch is None:
                 new_params, new_slots = self._tied_update(entries, rounds, layout, params, live.slots, count, hyper)
             else:
-                update = _compiled_update(type(self)._alias, self.regularization, self._slot_names, self._hyperparameters, options)
+                update = _compiled_update(
+                    type(self)._alias, self.regularization, self._slot_names, self._hyperparameters, options
+                )
                 new_params, new_slots = update(params, grads, live.slots, scratch.params, scratch.slots, count, hyper)
             host = {group: np.asarray(flat) for group, flat in new_params.items()}
         except Exception as error:
             raise RuntimeError(f"{type(self).__name__}.step failed and changed no layer: {error}") from error
-        next_scratch = None if rounds else _Scratch(scratch.key, new_params, live.slots)
+        next_scratch = None if scratch is None else _Scratch(scratch.key, new_params, live.slots)
         return host, params, _DeviceState(live.layout, live.ids, live.params, new_slots), next_scratch
 
-    def _tied_update(self, entries: list, rounds: list, layout: _layer_tree.Layout, params: dict, slots: dict, count: int, hyper: np.ndarray) -> tuple:
+    def _tied_update(
+        self,
+        entries: list,
+        rounds: list,
+        layout: _layer_tree.Layout,
+        params: dict,
+        slots: dict,
+        count: int,
+        hyper: np.ndarray,
+    ) -> tuple:
         """Applies each array's first entry, then each later round of tied entries, each round from the last one's results."""
         update = _compiled_tied_update(type(self)._alias, self.regularization, self._slot_names, self._hyperparameters)
         for pairs in [list(enumerate(entries)), *rounds]:
@@ -392,15 +446,26 @@ class Optimizer:
         key = (layout.dtype, layout.sizes)
         if scratch is None or scratch.key != key:
             params = {group: jnp.zeros(size, layout.dtype) for group, size in layout.sizes.items()}
-            slots = {name: {group: jnp.zeros(size, STATE_DTYPE) for group, size in layout.sizes.items()} for name in self._slot_names}
+            slots = {
+                name: {group: jnp.zeros(size, STATE_DTYPE) for group, size in layout.sizes.items()}
+                for name in self._slot_names
+            }
             scratch = _Scratch(key, params, slots)
         return scratch
 
     def _staging(self, layout: _layer_tree.Layout) -> tuple[dict, dict, tuple]:
         """Aligned host buffers for ``layout``'s params and grads, kept from step to step, and the compiler options for them."""
         if self._host is None or self._host[0] != (layout.dtype, layout.sizes):
-            params, grads = ({group: _layer_tree.aligned_empty(size, layout.dtype) for group, size in layout.sizes.items()} for _ in range(2))
-            self._host = ((layout.dtype, layout.sizes), params, grads, tuple(sorted(cpu_compiler_options(params).items())))
+            params, grads = (
+                {group: _layer_tree.aligned_empty(size, layout.dtype) for group, size in layout.sizes.items()}
+                for _ in range(2)
+            )
+            self._host = (
+                (layout.dtype, layout.sizes),
+                params,
+                grads,
+                tuple(sorted(cpu_compiler_options(params).items())),
+            )
         return self._host[1:]
 
     def _live_state(self, entries: list, layout: _layer_tree.Layout, ids: tuple) -> _DeviceState:
@@ -446,7 +511,9 @@ class Optimizer:
             return
         for name, flats in device.slots.items():
             host = {group: np.array(flat) for group, flat in flats.items()}
-            for param, (_, _, shape), (group, start, stop) in zip(device.params, device.layout.leaves, device.layout.spans):
+            for param, (_, _, shape), (group, start, stop) in zip(
+                device.params, device.layout.leaves, device.layout.spans
+            ):
                 value = host[group][start:stop].reshape(shape)
                 self._slots[name][id(param)] = value
                 self._written[(name, id(param))] = (weakref.ref(param), weakref.ref(value))
@@ -483,8 +550,8 @@ class Optimizer:
             return 0
         penalty = add_regularization(self.regularization, self.weight_decay)
         param = np.asarray(param)
-        gradient, _ = penalty.update({param_name: np.zeros_like(param)}, penalty.init(None), {param_name: param})
-        return np.asarray(gradient[param_name])
+        gradient, _ = penalty.update({param_name: np.zeros_like(param)}, penalty.init({}), {param_name: param})
+        return np.asarray(gradient[param_name])  # pyright: ignore[reportIndexIssue]  # updates mirror the dict given
 
     @property
     def params(self) -> dict:
@@ -504,7 +571,7 @@ class Optimizer:
         return "L2" if value == "L2" else "L1"
 
     @classmethod
-    def from_seed(cls, seed_optimizer: Any) -> "Optimizer":
+    def from_seed(cls, seed_optimizer: Any) -> Optimizer:
         """Ours, with the settings and state (copied) of an mpneuralnetwork optimizer of the same class.
 
         Continues exactly as the seed optimizer would: its ``regularization`` becomes the mode the
@@ -538,7 +605,11 @@ class SGD(Optimizer):
     _hyperparameters = ("learning_rate", "weight_decay", "momentum")
 
     def __init__(
-        self, learning_rate: float = 0.01, regularization: str | None = "L2", weight_decay: float = 0.001, momentum: float = 0.1
+        self,
+        learning_rate: float = 0.01,
+        regularization: str | None = "L2",
+        weight_decay: float = 0.001,
+        momentum: float = 0.1,
     ) -> None:
         super().__init__(learning_rate, regularization, weight_decay, momentum=momentum)
 

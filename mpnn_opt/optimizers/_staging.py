@@ -17,12 +17,13 @@ optimizer's new state, all or nothing, with SIGINT held back.
 
 from __future__ import annotations
 
-import _signal  # signal.signal's own C function: see _SigintHold
+import _signal  # pyright: ignore[reportMissingImports]  # CPython C module; signal.signal's own C function: see _SigintHold
 import functools
 import math
 import signal
 import threading
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -66,12 +67,16 @@ def _check(entry: Entry) -> None:
     if not isinstance(param, np.ndarray) or not param.flags.writeable:
         raise TypeError(f"{entry.where}: expected a writable NumPy array, got {type(param).__name__}")
     if param.dtype.kind != "f":
-        raise TypeError(f"{entry.where}: the parameter has dtype {param.dtype}; only floating-point parameters can be optimized")
+        raise TypeError(
+            f"{entry.where}: the parameter has dtype {param.dtype}; only floating-point parameters can be optimized"
+        )
     grad_dtype = grad.dtype if isinstance(grad, np.ndarray) else np.result_type(grad)
     if grad_dtype.kind != "f":
         raise TypeError(f"{entry.where}: the gradient has dtype {grad_dtype}; expected a floating-point gradient")
     if np.shape(grad) != param.shape:
-        raise ValueError(f"{entry.where}: the gradient has shape {np.shape(grad)}, but the parameter has shape {param.shape}")
+        raise ValueError(
+            f"{entry.where}: the gradient has shape {np.shape(grad)}, but the parameter has shape {param.shape}"
+        )
 
 
 GROUPS = ("regularized", "unregularized")
@@ -92,7 +97,7 @@ class Layout(NamedTuple):
     sizes: dict[str, int]  # the length of each group buffer: follows from the leaves
 
     @staticmethod
-    def of(entries: list[Entry]) -> "Layout":
+    def of(entries: list[Entry]) -> Layout:
         dtypes = {entry.param.dtype for entry in entries}
         if len(dtypes) > 1:
             first = next(entry for entry in entries if entry.param.dtype != entries[0].param.dtype)
@@ -101,12 +106,14 @@ class Layout(NamedTuple):
                 f"the optimizer needs every parameter in one dtype"
             )
         spans, sizes = _spans(tuple((e.name, e.param.shape) for e in entries))
-        return Layout(str(entries[0].param.dtype), tuple((e.layer_key, e.name, e.param.shape) for e in entries), spans, sizes)
+        return Layout(
+            str(entries[0].param.dtype), tuple((e.layer_key, e.name, e.param.shape) for e in entries), spans, sizes
+        )
 
 
 @functools.lru_cache(maxsize=64)
 def _spans(leaves: tuple[tuple[str, tuple[int, ...]], ...]) -> tuple[tuple[tuple[str, int, int], ...], dict[str, int]]:
-    sizes = dict.fromkeys(GROUPS, 0)
+    sizes: dict[str, int] = dict.fromkeys(GROUPS, 0)
     spans = []
     for name, shape in leaves:
         group = GROUPS[0] if is_regularized_name(name) else GROUPS[1]
@@ -175,7 +182,13 @@ def untie(entries: list[Entry]) -> tuple[list[Entry], list[list[tuple[int, Entry
     return distinct, rounds
 
 
-def write_back(entries: list[Entry], layout: Layout, new: dict[str, np.ndarray], old: dict[str, np.ndarray], commit: Callable[[], Any]) -> None:
+def write_back(
+    entries: list[Entry],
+    layout: Layout,
+    new: dict[str, np.ndarray],
+    old: dict[str, np.ndarray],
+    commit: Callable[[], Any],
+) -> None:
     """Copies each span of ``new`` into its entry's own parameter array, in place, then calls ``commit()``: all or nothing.
 
     On any exception before ``commit`` has returned, ``KeyboardInterrupt`` included, every entry gets
@@ -226,7 +239,7 @@ class _SigintHold:
 
     def deliver(self) -> None:
         """Runs the interrupted handler once for each signal held so far; it may raise ``KeyboardInterrupt``."""
-        while self.held:
+        while self.held and self.previous is not None:
             self.previous(signal.SIGINT, self.held.pop(0))
 
     def release(self) -> None:

@@ -18,7 +18,8 @@ import functools
 import pathlib
 import subprocess
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -102,7 +103,9 @@ def save(method: str, directory: pathlib.Path, tree: dict) -> None:
     elif method == "checkpoint_manager":
         import orbax.checkpoint as ocp
 
-        with ocp.CheckpointManager(directory.absolute(), options=ocp.CheckpointManagerOptions(max_to_keep=2)) as manager:
+        with ocp.CheckpointManager(
+            directory.absolute(), options=ocp.CheckpointManagerOptions(max_to_keep=2)
+        ) as manager:
             manager.save(SAVE_AT, args=ocp.args.StandardSave(tree))
     elif method == "to_bytes":
         from flax import serialization
@@ -161,9 +164,7 @@ def resumed_in_a_new_process(backend: str, root: pathlib.Path, uninterrupted: di
     for method in BACKENDS[backend]:
         for scenario, (at_save, _) in uninterrupted.items():
             save(method, root / f"{method}-{scenario}", at_save)
-    result = subprocess.run(
-        [sys.executable, __file__, backend, str(root)], capture_output=True, text=True, timeout=300
-    )
+    result = subprocess.run([sys.executable, __file__, backend, str(root)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     return root
 
@@ -216,7 +217,9 @@ def test_orbax_without_a_target_restores_dicts_that_update_refuses(orbax_root):
     tx = optimizer("skip_non_finite")[0]
     with ocp.StandardCheckpointer() as checkpointer:
         untyped = checkpointer.restore(orbax_root / "standard_checkpointer-skip_non_finite")
-        typed = checkpointer.restore(orbax_root / "standard_checkpointer-skip_non_finite", jax.eval_shape(lambda: target(tx)))
+        typed = checkpointer.restore(
+            orbax_root / "standard_checkpointer-skip_non_finite", jax.eval_shape(lambda: target(tx))
+        )
     assert type(untyped["opt_state"]) is dict and set(untyped["opt_state"]) == {"inner_state", "skipped", "last_finite"}
     assert type(typed["opt_state"]) is mpnn_opt.wrappers.SkipNonFiniteState
     assert int(typed["opt_state"].skipped) == 1

@@ -9,8 +9,9 @@ for each model. The mask matters: the same oracle decaying every leaf (the Layer
 from __future__ import annotations
 
 import runpy
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -42,7 +43,10 @@ def equinox_linear_weights(params: Any) -> Any:
     )
 
 
-EXAMPLE_FILES = {"flax_nnx.py": ("flax", flax_linear_kernels), "equinox_training.py": ("equinox", equinox_linear_weights)}
+EXAMPLE_FILES = {
+    "flax_nnx.py": ("flax", flax_linear_kernels),
+    "equinox_training.py": ("equinox", equinox_linear_weights),
+}
 
 
 @pytest.fixture(scope="module", params=sorted(EXAMPLE_FILES))

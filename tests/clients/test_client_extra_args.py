@@ -49,9 +49,15 @@ def test_reduce_on_plateau_inside_our_chain_gets_the_loss_like_in_optax_chain(wr
 
 def test_every_transform_and_wrapper_accepts_and_ignores_extra_arguments():
     transforms = [
-        mpnn_opt.adam(0.1), mpnn_opt.sgd(0.1), mpnn_opt.rmsprop(0.1), mpnn_opt.clip_by_global_norm(1.0),
-        mpnn_opt.scale_by_adam(), mpnn_opt.add_regularization("L1", 0.1), mpnn_opt.freeze({"w": False, "b": True}),
-        mpnn_opt.accumulate(mpnn_opt.adam(0.1), 1), mpnn_opt.inject_hyperparams(mpnn_opt.adam)(learning_rate=0.1),
+        mpnn_opt.adam(0.1),
+        mpnn_opt.sgd(0.1),
+        mpnn_opt.rmsprop(0.1),
+        mpnn_opt.clip_by_global_norm(1.0),
+        mpnn_opt.scale_by_adam(),
+        mpnn_opt.add_regularization("L1", 0.1),
+        mpnn_opt.freeze({"w": False, "b": True}),
+        mpnn_opt.accumulate(mpnn_opt.adam(0.1), 1),
+        mpnn_opt.inject_hyperparams(mpnn_opt.adam)(learning_rate=0.1),
         mpnn_opt.partition({"a": mpnn_opt.adam(0.1), "s": optax.sgd(0.1)}, {"w": "a", "b": "s"}),
         mpnn_opt.chain(optax.scale_by_adam(), mpnn_opt.scale_by_learning_rate(0.1)),
     ]

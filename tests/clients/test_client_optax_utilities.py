@@ -117,24 +117,41 @@ def _nnx_moved(tx) -> dict[str, bool]:
     for _ in range(2):
         optimizer.update(model, jax.tree.map(jnp.ones_like, nnx.state(model, nnx.Param)))
     after = nnx.as_pure(nnx.state(model, nnx.Param))
-    return {jax.tree_util.keystr(path): bool(jnp.any(a != b))
-            for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(after), jax.tree.leaves(before))}
+    return {
+        jax.tree_util.keystr(path): bool(jnp.any(a != b))
+        for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(after), jax.tree.leaves(before))
+    }
 
 
 def test_path_masks_and_labels_work_inside_nnx_optimizer():
     frozen_encoder = mpnn_opt.chain(mpnn_opt.sgd(0.1, None), mpnn_opt.freeze(mpnn_opt.path_mask("encoder/*")))
     assert _nnx_moved(frozen_encoder) == {
-        "['encoder']['bias']": False, "['encoder']['kernel']": False, "['head']['bias']": True, "['head']['kernel']": True,
+        "['encoder']['bias']": False,
+        "['encoder']['kernel']": False,
+        "['head']['bias']": True,
+        "['head']['kernel']": True,
     }
     labels = lambda params: jax.tree_util.tree_map_with_path(  # noqa: E731
-        lambda path, _: "frozen" if mpnn_opt.path_mask("head/kernel")(params) and "head" in jax.tree_util.keystr(path) and "kernel" in jax.tree_util.keystr(path) else "train",
+        lambda path, _: (
+            "frozen"
+            if mpnn_opt.path_mask("head/kernel")(params)
+            and "head" in jax.tree_util.keystr(path)
+            and "kernel" in jax.tree_util.keystr(path)
+            else "train"
+        ),
         params,
     )
     by_label = mpnn_opt.partition({"train": mpnn_opt.adam(0.1), "frozen": mpnn_opt.freeze(True)}, labels)
     assert _nnx_moved(by_label) == {
-        "['encoder']['bias']": True, "['encoder']['kernel']": True, "['head']['bias']": True, "['head']['kernel']": False,
+        "['encoder']['bias']": True,
+        "['encoder']['kernel']": True,
+        "['head']['bias']": True,
+        "['head']['kernel']": False,
     }
     masked = mpnn_opt.masked(mpnn_opt.sgd(0.1, None), mpnn_opt.path_mask("*/bias"))
     assert _nnx_moved(masked) == {
-        "['encoder']['bias']": True, "['encoder']['kernel']": True, "['head']['bias']": True, "['head']['kernel']": True,
+        "['encoder']['bias']": True,
+        "['encoder']['kernel']": True,
+        "['head']['bias']": True,
+        "['head']['kernel']": True,
     }  # masked leaves the others' updates as they came: the raw gradient, so every leaf moves

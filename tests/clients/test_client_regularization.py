@@ -110,9 +110,11 @@ def test_flax_nnx_through_split_and_state_where_paths_end_in_value_decays_the_sa
     moved = _moved_leaves(params)  # paths such as ['linear']['bias'].value
     assert {key.removesuffix(".value"): value for key, value in moved.items()} == NNX_EXPECTED
     assert all(key.endswith(".value") for key in moved)
-    assert _moved_leaves(nnx.state(model, nnx.Param)).values() and {
-        key.removesuffix(".value"): value for key, value in _moved_leaves(nnx.state(model, nnx.Param)).items()
-    } == NNX_EXPECTED
+    assert (
+        _moved_leaves(nnx.state(model, nnx.Param)).values()
+        and {key.removesuffix(".value"): value for key, value in _moved_leaves(nnx.state(model, nnx.Param)).items()}
+        == NNX_EXPECTED
+    )
 
 
 class EqxModel(eqx.Module):
@@ -156,8 +158,11 @@ def test_the_seeds_own_layers_and_plain_dicts_keep_the_seeds_rule():
 
     layers = [Convolutional(2, 3, input_shape=(1, 6, 6)), ReLU(), Flatten(), Dense(12), BatchNormalization(), Dense(3)]
     Model(layers, MSE(), optimizer=SGD())  # builds the layers' parameters
-    params = {f"layer_{i}": {name: np.asarray(param) for name, (param, _) in layer.params.items()}
-              for i, layer in enumerate(layers) if hasattr(layer, "params") and layer.params}
+    params = {
+        f"layer_{i}": {name: np.asarray(param) for name, (param, _) in layer.params.items()}
+        for i, layer in enumerate(layers)
+        if hasattr(layer, "params") and layer.params
+    }
     moved = _moved_leaves(params)
     # the seed regularizes unless the name contains bias, beta or gamma (mpneuralnetwork.optimizers.apply_regularization)
     for key, decayed in moved.items():

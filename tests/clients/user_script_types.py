@@ -1,4 +1,5 @@
 """A user's script: ours where flax/optax expect theirs, and theirs where we expect ours."""
+
 import jax.numpy as jnp
 import optax
 from flax import nnx

@@ -19,7 +19,9 @@ def test_sharded_example_trains_with_the_one_device_losses(zero, capsys):
     np.testing.assert_allclose(sharded, single, rtol=1e-5)
     assert sharded[-1] < sharded[0] / 10
     assert "mesh {'data': 4, 'model': 2} on 8 cpu devices" in printed
-    total, low, high = map(int, re.search(r"Adam moments: (\d+) bytes in all, per device min (\d+) max (\d+)", printed).groups())
+    total, low, high = map(
+        int, re.search(r"Adam moments: (\d+) bytes in all, per device min (\d+) max (\d+)", printed).groups()
+    )
     # (elements, ways split) per leaf, from the example's specs on a 4x2 mesh; 2 moments of float32.
     # Layout like params: layer0 weights/bias over 'model' (2), layer1 weights over 'model' (2).
     # ZeRO-1 adds 'data' (4) on the first free dimension it divides: layer0 weights (16 rows),

@@ -12,7 +12,8 @@ import jax
 import numpy as np
 import optax
 import pytest
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 import mpnn_opt
 from mpnn_opt.sharding import per_device_nbytes, state_shardings
@@ -119,8 +120,11 @@ def test_sharded_params_and_state_give_the_single_device_numbers(name):
 def test_each_state_leaf_comes_out_with_its_parameters_sharding(name):
     (params, state, _), _, p_shard = sharded_and_oracle(name)
     params_def = jax.tree.structure(params)
-    per_param = [node for node in jax.tree.leaves(state, is_leaf=lambda n: jax.tree.structure(n) == params_def)
-                 if jax.tree.structure(node) == params_def]
+    per_param = [
+        node
+        for node in jax.tree.leaves(state, is_leaf=lambda n: jax.tree.structure(n) == params_def)
+        if jax.tree.structure(node) == params_def
+    ]
     assert per_param, "every transform here keeps per-parameter state"
     for tree in per_param:
         for leaf, sharding in zip(jax.tree.leaves(tree), jax.tree.leaves(p_shard)):
@@ -135,7 +139,10 @@ def test_state_shardings_agree_with_optax_tree_map_params(name):
     tx, params, p_shard = TRANSFORMS[name](), make_params(), param_shardings()
     replicated = NamedSharding(mesh(), P())
     expected = optax.tree_map_params(
-        tx, lambda _, sharding: sharding, jax.eval_shape(tx.init, params), p_shard,
+        tx,
+        lambda _, sharding: sharding,
+        jax.eval_shape(tx.init, params),
+        p_shard,
         transform_non_params=lambda _: replicated,
     )
     assert state_shardings(tx, params, p_shard) == expected
@@ -203,8 +210,10 @@ def test_zero1_splits_state_over_data_axis_with_the_unsharded_numbers_and_a_quar
     full = sum(leaf.nbytes for leaf in jax.tree.leaves(per_param_state))
     per_device = per_device_nbytes(per_param_state)
     replicated = per_device_nbytes(jax.device_put(per_param_state, NamedSharding(mesh(), P())))
-    print(f"\nZeRO-1 adam state: {full} bytes in all; per device {sorted(set(per_device.values()))} "
-          f"sharded vs {sorted(set(replicated.values()))} replicated; step collectives {sorted(set(COLLECTIVES.findall(hlo)))}")
+    print(
+        f"\nZeRO-1 adam state: {full} bytes in all; per device {sorted(set(per_device.values()))} "
+        f"sharded vs {sorted(set(replicated.values()))} replicated; step collectives {sorted(set(COLLECTIVES.findall(hlo)))}"
+    )
     assert len(per_device) == 8
     assert set(per_device.values()) == {full // 4}
     assert set(replicated.values()) == {full}
@@ -239,7 +248,10 @@ MASKED_TRANSFORMS = {
     "masked": lambda: mpnn_opt.masked(mpnn_opt.adam(0.01), mpnn_opt.path_mask("dense/*", "head/*")),
     "partition": lambda: mpnn_opt.partition(
         {"adam": mpnn_opt.adam(0.01), "sgd": mpnn_opt.sgd(0.1, None, momentum=0.9)},
-        lambda params: {layer: jax.tree.map(lambda _: "sgd" if layer == "norm" else "adam", leaves) for layer, leaves in params.items()},
+        lambda params: {
+            layer: jax.tree.map(lambda _: "sgd" if layer == "norm" else "adam", leaves)
+            for layer, leaves in params.items()
+        },
     ),
 }
 
@@ -261,6 +273,9 @@ def test_masked_and_partition_state_follows_the_parameter_sharding_not_replicate
             continue
         # the state leaf's path ends with the param's own path, e.g. ...momentums['dense']['weights']
         param_path = next(key for key in flat_shardings if jax.tree_util.keystr(path).endswith(key))
-        assert leaf.sharding.is_equivalent_to(flat_shardings[param_path], leaf.ndim), (jax.tree_util.keystr(path), leaf.sharding)
+        assert leaf.sharding.is_equivalent_to(flat_shardings[param_path], leaf.ndim), (
+            jax.tree_util.keystr(path),
+            leaf.sharding,
+        )
         checked += 1
     assert checked >= 3

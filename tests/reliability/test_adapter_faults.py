@@ -19,9 +19,9 @@ import pytest
 from mpneuralnetwork import optimizers as seed
 from mpneuralnetwork import serialization
 
-from oracles import SeedLayer, random_tree, relative_error
-from mpnn_opt.optimizers import _staging as _layer_tree
 from mpnn_opt.optimizers import _adapter as ours
+from mpnn_opt.optimizers import _staging as _layer_tree
+from oracles import SeedLayer, random_tree, relative_error
 
 CLASSES = ("SGD", "RMSprop", "Adam")
 SETTINGS = {
@@ -76,7 +76,9 @@ def _same_state(run: Run, other: Run) -> bool:
     return mine.keys() == theirs.keys() and all(np.array_equal(mine[key], theirs[key]) for key in mine)
 
 
-def _problem(rng: np.random.Generator, shapes: dict = SMALL, dtype=np.float32, steps: int = 8) -> tuple[dict, list[dict]]:
+def _problem(
+    rng: np.random.Generator, shapes: dict = SMALL, dtype=np.float32, steps: int = 8
+) -> tuple[dict, list[dict]]:
     return random_tree(rng, shapes, dtype), [random_tree(rng, shapes, dtype) for _ in range(steps)]
 
 
@@ -140,7 +142,9 @@ def _fault_scenario(variant: str, rng) -> tuple:
 
 @pytest.mark.parametrize("variant", ["steady", "after_params_read", "layer_joins"])
 @pytest.mark.parametrize("name", CLASSES)
-def test_a_keyboard_interrupt_at_any_line_of_step_changes_nothing_and_the_run_continues_bit_identically(name, variant, rng):
+def test_a_keyboard_interrupt_at_any_line_of_step_changes_nothing_and_the_run_continues_bit_identically(
+    name, variant, rng
+):
     params0, grads, prepare, early = _fault_scenario(variant, rng)
 
     def fresh() -> Run:
@@ -163,11 +167,17 @@ def test_a_keyboard_interrupt_at_any_line_of_step_changes_nothing_and_the_run_co
         raised = FaultAtLine(faulty.optimizer, n, KeyboardInterrupt(f"line {n}")).run(faulty.step)
         assert isinstance(raised, KeyboardInterrupt), (n, raised)
         assert _same_params(faulty, unfaulted), f"fault at line {n} changed a layer"
-        assert getattr(faulty.optimizer, "t", None) == getattr(unfaulted.optimizer, "t", None), f"fault at line {n} changed t"
+        assert getattr(faulty.optimizer, "t", None) == getattr(unfaulted.optimizer, "t", None), (
+            f"fault at line {n} changed t"
+        )
         for _ in range(STEPS_AFTER):
             faulty.step()
-        assert _same_params(faulty, reference), f"after a fault at line {n} the run does not continue as the uninterrupted one"
-        assert _same_state(faulty, reference), f"after a fault at line {n} the state differs from the uninterrupted run's"
+        assert _same_params(faulty, reference), (
+            f"after a fault at line {n} the run does not continue as the uninterrupted one"
+        )
+        assert _same_state(faulty, reference), (
+            f"after a fault at line {n} the state differs from the uninterrupted run's"
+        )
 
 
 def test_an_exception_at_any_line_of_step_changes_nothing_and_the_run_continues_bit_identically(rng):
@@ -220,7 +230,9 @@ def _patch_compiled_update(monkeypatch, when: str, error: BaseException) -> list
 @pytest.mark.parametrize("error", [KeyboardInterrupt(), FloatingPointError("injected")], ids=["interrupt", "exception"])
 @pytest.mark.parametrize("when", ["before", "after"])
 @pytest.mark.parametrize("name", CLASSES)
-def test_a_fault_before_or_after_the_compiled_call_keeps_the_live_state_and_the_next_steps_match(name, when, error, rng, monkeypatch):
+def test_a_fault_before_or_after_the_compiled_call_keeps_the_live_state_and_the_next_steps_match(
+    name, when, error, rng, monkeypatch
+):
     params0, grads = _problem(rng)
     reference, faulty = (Run(getattr(ours, name)(**SETTINGS[name]), params0, grads) for _ in range(2))
     for _ in range(3):
@@ -256,7 +268,9 @@ def _signal_on_copy(monkeypatch, at_call: int) -> list:
     return log
 
 
-@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals reach the main thread only")
+@pytest.mark.skipif(
+    threading.current_thread() is not threading.main_thread(), reason="signals reach the main thread only"
+)
 @pytest.mark.parametrize("name", CLASSES)
 def test_a_real_sigint_at_any_copy_of_a_step_changes_nothing(name, rng, monkeypatch):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
@@ -280,7 +294,9 @@ def test_a_real_sigint_at_any_copy_of_a_step_changes_nothing(name, rng, monkeypa
         assert _same_params(faulty, reference) and _same_state(faulty, reference), at_call
 
 
-@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals reach the main thread only")
+@pytest.mark.skipif(
+    threading.current_thread() is not threading.main_thread(), reason="signals reach the main thread only"
+)
 def test_a_second_sigint_while_the_layers_are_being_restored_is_held_until_they_are(rng, monkeypatch):
     params0, grads = _problem(rng)
     run = Run(ours.Adam(**SETTINGS["Adam"]), params0, grads)
@@ -300,7 +316,9 @@ def test_a_second_sigint_while_the_layers_are_being_restored_is_held_until_they_
     assert run.optimizer.t == 1
 
 
-@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals reach the main thread only")
+@pytest.mark.skipif(
+    threading.current_thread() is not threading.main_thread(), reason="signals reach the main thread only"
+)
 def test_a_sigint_handler_that_does_not_raise_runs_once_after_the_write_back_and_the_step_applies(rng, monkeypatch):
     params0, grads = _problem(rng)
     reference, run = (Run(ours.RMSprop(**SETTINGS["RMSprop"]), params0, grads) for _ in range(2))
@@ -318,7 +336,9 @@ def test_a_sigint_handler_that_does_not_raise_runs_once_after_the_write_back_and
     finally:
         signal.signal(signal.SIGINT, previous)
     assert len(calls) == 1
-    assert all(np.array_equal(held, now) for held, now in zip(calls[0], run.params["dense"].values()))  # after the write-back
+    assert all(
+        np.array_equal(held, now) for held, now in zip(calls[0], run.params["dense"].values())
+    )  # after the write-back
     assert _same_params(run, reference)
 
 
@@ -398,7 +418,10 @@ def test_a_new_array_that_gets_a_freed_arrays_id_starts_from_zero_state_as_a_new
     run = Run(getattr(ours, name)(**SETTINGS[name]), params0, grads)
     run.step()
     run.step()
-    state = {slot: value if not isinstance(value, dict) else {key: array.copy() for key, array in value.items()} for slot, value in run.optimizer.params.items()}
+    state = {
+        slot: value if not isinstance(value, dict) else {key: array.copy() for key, array in value.items()}
+        for slot, value in run.optimizer.params.items()
+    }
     freed_id = id(run.params["norm"]["beta"])
     value = run.params["norm"]["beta"].copy()
     run.params["norm"]["beta"] = None
@@ -417,7 +440,9 @@ def test_a_new_array_that_gets_a_freed_arrays_id_starts_from_zero_state_as_a_new
             for n, param in leaves.items():
                 if n != "beta":
                     getattr(seed_optimizer, slot)[id(seed_params[k][n])] = entries[id(param)].copy()
-    seed_optimizer.step([SeedLayer(seed_params[k], {n: g.copy() for n, g in run.grads_seq[run.steps][k].items()}) for k in seed_params])
+    seed_optimizer.step(
+        [SeedLayer(seed_params[k], {n: g.copy() for n, g in run.grads_seq[run.steps][k].items()}) for k in seed_params]
+    )
     run.step()
     assert relative_error(run.params["norm"]["beta"], seed_params["norm"]["beta"]) <= 1e-6
     assert max(relative_error(run.params[k][n], seed_params[k][n]) for k in seed_params for n in seed_params[k]) <= 1e-6
@@ -466,18 +491,27 @@ def test_float64_parameters_are_updated_in_float64_as_the_seed_does():
 def test_float64_parameters_match_the_seed_and_the_state_is_float32_as_the_seeds(name, mode, rng):
     params0, grads = _problem(rng, dtype=np.float64)
     ours_run = Run(getattr(ours, name)(**SETTINGS[name], regularization=mode), params0, grads)
-    seed_run = Run(getattr(seed, name)(**SETTINGS[name], regularization=mode), params0, [
-        {k: {n: g.copy() for n, g in v.items()} for k, v in step.items()} for step in grads
-    ])
+    seed_run = Run(
+        getattr(seed, name)(**SETTINGS[name], regularization=mode),
+        params0,
+        [{k: {n: g.copy() for n, g in v.items()} for k, v in step.items()} for step in grads],
+    )
     for step in range(8):
         ours_run.step()
-        seed_run.optimizer.step([SeedLayer(seed_run.params[k], {n: g.copy() for n, g in grads[step][k].items()}) for k in params0])
+        seed_run.optimizer.step(
+            [SeedLayer(seed_run.params[k], {n: g.copy() for n, g in grads[step][k].items()}) for k in params0]
+        )
     # float32 state on both sides; RMSprop's and Adam's parameters agree far below float32 rounding. The seed's SGD
     # adds its velocity as rounded into the float32 state, ours the velocity before that rounding (6e-8 relative)
     tolerance = 3e-7 if name == "SGD" else 1e-8
-    assert max(relative_error(ours_run.params[k][n], seed_run.params[k][n]) for k in params0 for n in params0[k]) <= tolerance
+    assert (
+        max(relative_error(ours_run.params[k][n], seed_run.params[k][n]) for k in params0 for n in params0[k])
+        <= tolerance
+    )
     state = ours_run.optimizer.params
-    assert all(array.dtype == np.float32 for value in state.values() if isinstance(value, dict) for array in value.values())
+    assert all(
+        array.dtype == np.float32 for value in state.values() if isinstance(value, dict) for array in value.values()
+    )
     assert not jax.config.read("jax_enable_x64")
     assert jnp.asarray(np.float64(1.0)).dtype == jnp.float32  # enable_x64 did not leak out of the step
 
@@ -489,29 +523,47 @@ def test_float64_parameters_match_the_seed_and_the_state_is_float32_as_the_seeds
 @pytest.mark.parametrize("name", CLASSES)
 def test_one_array_in_two_layers_is_updated_twice_a_step_sharing_one_state_as_in_the_seed(name, mode, rng):
     shared = rng.standard_normal((4, 5)).astype(np.float32)
-    grads = [[rng.standard_normal(shape).astype(np.float32) for shape in [(4, 5), (4, 5), (5,), (4, 5), (5,)]] for _ in range(5)]
+    grads = [
+        [rng.standard_normal(shape).astype(np.float32) for shape in [(4, 5), (4, 5), (5,), (4, 5), (5,)]]
+        for _ in range(5)
+    ]
     results = {}
     for module in (ours, seed):
-        weights, biases_a, biases_b, other = shared.copy(), np.zeros(5, np.float32), np.zeros(5, np.float32), shared.copy()
+        weights, biases_a, biases_b, other = (
+            shared.copy(),
+            np.zeros(5, np.float32),
+            np.zeros(5, np.float32),
+            shared.copy(),
+        )
         optimizer = getattr(module, name)(**SETTINGS[name], regularization=mode)
         for g in grads:
             g = [x.copy() for x in g]
-            optimizer.step([
-                SeedLayer({"weights": weights, "biases": biases_a}, {"weights": g[0], "biases": g[2]}),
-                SeedLayer({"weights": other}, {"weights": g[3]}),
-                SeedLayer({"weights": weights, "biases": biases_b}, {"weights": g[1], "biases": g[4]}),
-            ])
+            optimizer.step(
+                [
+                    SeedLayer({"weights": weights, "biases": biases_a}, {"weights": g[0], "biases": g[2]}),
+                    SeedLayer({"weights": other}, {"weights": g[3]}),
+                    SeedLayer({"weights": weights, "biases": biases_b}, {"weights": g[1], "biases": g[4]}),
+                ]
+            )
         results[module.__name__] = (weights, biases_a, biases_b, other)
         state = optimizer.params
-        assert all(len(value) == 4 for value in state.values() if isinstance(value, dict))  # one entry for the tied array
+        assert all(
+            len(value) == 4 for value in state.values() if isinstance(value, dict)
+        )  # one entry for the tied array
     for got, expected in zip(results[ours.__name__], results["mpneuralnetwork.optimizers"]):
         assert relative_error(got, expected) <= 2e-6
 
 
 def test_one_array_under_a_regularized_and_an_unregularized_name_is_refused_naming_both(rng):
     array = rng.standard_normal(5).astype(np.float32)
-    layers = [SeedLayer({"weights": array}, {"weights": np.ones(5, np.float32)}), SeedLayer({"biases": array}, {"biases": np.ones(5, np.float32)})]
-    with pytest.raises(ValueError, match=r"layer_1 \(SeedLayer\) parameter 'biases' is the array of layer_0 \(SeedLayer\) parameter 'weights'"):
+    layers = [
+        SeedLayer({"weights": array}, {"weights": np.ones(5, np.float32)}),
+        SeedLayer({"biases": array}, {"biases": np.ones(5, np.float32)}),
+    ]
+    with pytest.raises(
+        ValueError,
+        match=r"layer_1 \(SeedLayer\) parameter 'biases' is the array of layer_0 \(SeedLayer\) parameter 'weights'",
+    ):
         ours.SGD().step(layers)
 
 
@@ -540,10 +592,15 @@ def test_from_seed_continues_exactly_as_the_seed_optimizer_whatever_its_regulari
         uninterrupted.step()
     for _ in range(3):
         converted.step()
-    converted.optimizer = getattr(ours, name).from_seed(converted.optimizer)  # on the same arrays: the state is keyed by their ids
+    converted.optimizer = getattr(ours, name).from_seed(
+        converted.optimizer
+    )  # on the same arrays: the state is keyed by their ids
     for _ in range(3):
         converted.step()
-    assert max(relative_error(converted.params[k][n], uninterrupted.params[k][n]) for k in params0 for n in params0[k]) <= 2e-6
+    assert (
+        max(relative_error(converted.params[k][n], uninterrupted.params[k][n]) for k in params0 for n in params0[k])
+        <= 2e-6
+    )
 
 
 def test_adam_counts_a_step_over_layers_without_parameters_as_the_seed_does():
@@ -556,13 +613,18 @@ def test_adam_counts_a_step_over_layers_without_parameters_as_the_seed_does():
 
 def test_adam_past_two_to_the_31_steps_matches_the_seeds_formula(rng):
     params0, grads = _problem(rng, steps=2)
-    ours_run, seed_run = Run(ours.Adam(**SETTINGS["Adam"]), params0, grads), Run(seed.Adam(**SETTINGS["Adam"]), params0, grads)
+    ours_run, seed_run = (
+        Run(ours.Adam(**SETTINGS["Adam"]), params0, grads),
+        Run(seed.Adam(**SETTINGS["Adam"]), params0, grads),
+    )
     for run in (ours_run, seed_run):
         run.step()
         run.optimizer.t = 2**31 + 5  # bias correction 1 - beta**t is 1.0 there, in float64 as in float32
         run.step()
     assert ours_run.optimizer.t == seed_run.optimizer.t == 2**31 + 6
-    assert max(relative_error(ours_run.params[k][n], seed_run.params[k][n]) for k in params0 for n in params0[k]) <= 1e-6
+    assert (
+        max(relative_error(ours_run.params[k][n], seed_run.params[k][n]) for k in params0 for n in params0[k]) <= 1e-6
+    )
 
 
 # --- hyperparameters -----------------------------------------------------------------------------------------
@@ -572,7 +634,9 @@ BAD_VALUES = ["0.1", None, True, np.bool_(False), float("nan"), float("inf"), -1
 
 @pytest.mark.parametrize("value", BAD_VALUES, ids=repr)
 @pytest.mark.parametrize("name", CLASSES)
-def test_a_bad_hyperparameter_is_refused_at_construction_and_at_assignment_naming_it_and_changing_nothing(name, value, rng):
+def test_a_bad_hyperparameter_is_refused_at_construction_and_at_assignment_naming_it_and_changing_nothing(
+    name, value, rng
+):
     params0, grads = _problem(rng, steps=1)
     for attribute in SETTINGS[name]:
         with pytest.raises((TypeError, ValueError), match=attribute):
@@ -583,7 +647,11 @@ def test_a_bad_hyperparameter_is_refused_at_construction_and_at_assignment_namin
         assert repr(value)[:20] in str(refused.value) or str(value)[:20] in str(refused.value)
         assert getattr(run.optimizer, attribute) == SETTINGS[name][attribute]
         run.step()
-        expected = Run(getattr(seed, name)(**SETTINGS[name]), params0, [{k: {n: g.copy() for n, g in v.items()} for k, v in grads[0].items()}])
+        expected = Run(
+            getattr(seed, name)(**SETTINGS[name]),
+            params0,
+            [{k: {n: g.copy() for n, g in v.items()} for k, v in grads[0].items()}],
+        )
         expected.step()
         assert max(relative_error(run.params[k][n], expected.params[k][n]) for k in params0 for n in params0[k]) <= 1e-6
 
@@ -613,9 +681,15 @@ def test_python_numpy_and_0d_jax_scalars_are_accepted_and_kept_as_python_numbers
     params0, grads = _problem(rng, steps=1)
     run = Run(ours.SGD(**SETTINGS["SGD"]), params0, grads)
     run.optimizer.learning_rate = value
-    assert type(run.optimizer.learning_rate) in (int, float) and run.optimizer.learning_rate == pytest.approx(float(value))
+    assert type(run.optimizer.learning_rate) in (int, float) and run.optimizer.learning_rate == pytest.approx(
+        float(value)
+    )
     assert type(ours.SGD(learning_rate=value).learning_rate) in (int, float)
     run.step()
-    expected = Run(seed.SGD(**dict(SETTINGS["SGD"], learning_rate=float(value))), params0, [{k: {n: g.copy() for n, g in v.items()} for k, v in grads[0].items()}])
+    expected = Run(
+        seed.SGD(**dict(SETTINGS["SGD"], learning_rate=float(value))),
+        params0,
+        [{k: {n: g.copy() for n, g in v.items()} for k, v in grads[0].items()}],
+    )
     expected.step()
     assert max(relative_error(run.params[k][n], expected.params[k][n]) for k in params0 for n in params0[k]) <= 1e-6

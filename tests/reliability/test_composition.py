@@ -31,7 +31,9 @@ def test_the_ema_decay_given_at_init_is_the_one_the_read_uses():
 
 
 def test_read_value_refuses_an_ambiguous_name_and_names_the_paths():
-    tx = mpnn_opt.chain(inject_hyperparams(mpnn_opt.adam)(learning_rate=0.1), inject_hyperparams(mpnn_opt.sgd)(learning_rate=0.2))
+    tx = mpnn_opt.chain(
+        inject_hyperparams(mpnn_opt.adam)(learning_rate=0.1), inject_hyperparams(mpnn_opt.sgd)(learning_rate=0.2)
+    )
     state = tx.init({"w": jnp.ones(2)})
     with pytest.raises(ValueError, match=r"ambiguous.*state\[0\].*state\[1\]"):
         read_value(state, "learning_rate")
@@ -41,7 +43,9 @@ def test_read_value_refuses_an_ambiguous_name_and_names_the_paths():
 
 def test_read_value_takes_the_outermost_match_and_raises_keyerror_when_absent():
     state = inject_hyperparams(mpnn_opt.adam)(learning_rate=0.1).init({"w": jnp.ones(2)})
-    _, state = inject_hyperparams(mpnn_opt.adam)(learning_rate=0.1).update({"w": jnp.ones(2)}, state, {"w": jnp.ones(2)})
+    _, state = inject_hyperparams(mpnn_opt.adam)(learning_rate=0.1).update(
+        {"w": jnp.ones(2)}, state, {"w": jnp.ones(2)}
+    )
     assert int(read_value(state, "count")) == 1  # the wrapper's count, above adam's own (also 1)
     with pytest.raises(KeyError, match="no value named 'momentum'"):
         read_value(state, "momentum")
@@ -103,7 +107,9 @@ def test_inject_hyperparams_with_a_structural_default_still_builds():
 def test_schedules_take_numpy_integer_counts_and_steps():
     for count in (np.int32(3), np.int64(3), 3):
         assert float(schedules.linear_schedule(1.0, 0.0, np.int64(10))(count)) == pytest.approx(0.7)
-        assert float(optax.cosine_decay_schedule(1.0, 10)(3)) == pytest.approx(float(schedules.cosine_decay_schedule(1.0, np.int32(10))(count)))
+        assert float(optax.cosine_decay_schedule(1.0, 10)(3)) == pytest.approx(
+            float(schedules.cosine_decay_schedule(1.0, np.int32(10))(count))
+        )
 
 
 def test_a_callable_for_a_hyperparameter_that_takes_no_schedule_is_refused_at_construction():

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 import mpnn_opt
-from mpnn_opt.hyperparams import read_value
 from mpnn_opt import accumulation, aliases, clipping, regularization, schedules, transforms, wrappers
+from mpnn_opt.hyperparams import read_value
 
 NAN, INF = float("nan"), float("inf")
 
@@ -26,11 +26,27 @@ NAN, INF = float("nan"), float("inf")
 # Values: (value, expected exception) for the bad ones, plain values for the good ones.
 
 NOT_A_NUMBER = [
-    ("0.1", TypeError), ("fast", TypeError), (None, TypeError), (True, TypeError), (False, TypeError),
-    (np.bool_(True), TypeError), (0.1 + 0j, TypeError), (np.complex64(0.5), TypeError), (np.str_("0.1"), TypeError),
-    (np.array("0.1"), TypeError), (np.array(True), TypeError), ([0.1], TypeError), (Decimal("0.1"), TypeError),
-    (np.array([0.1, 0.2]), ValueError), (np.array([0.1]), ValueError), (jnp.full((3,), 0.1), ValueError),
-    (NAN, ValueError), (INF, ValueError), (-INF, ValueError), (np.float32(NAN), ValueError), (jnp.asarray(INF), ValueError),
+    ("0.1", TypeError),
+    ("fast", TypeError),
+    (None, TypeError),
+    (True, TypeError),
+    (False, TypeError),
+    (np.bool_(True), TypeError),
+    (0.1 + 0j, TypeError),
+    (np.complex64(0.5), TypeError),
+    (np.str_("0.1"), TypeError),
+    (np.array("0.1"), TypeError),
+    (np.array(True), TypeError),
+    ([0.1], TypeError),
+    (Decimal("0.1"), TypeError),
+    (np.array([0.1, 0.2]), ValueError),
+    (np.array([0.1]), ValueError),
+    (jnp.full((3,), 0.1), ValueError),
+    (NAN, ValueError),
+    (INF, ValueError),
+    (-INF, ValueError),
+    (np.float32(NAN), ValueError),
+    (jnp.asarray(INF), ValueError),
 ]
 OUT_OF_RANGE = {
     "non_negative": [-0.1, -1, np.float32(-0.1), jnp.asarray(-1.0)],
@@ -40,14 +56,43 @@ OUT_OF_RANGE = {
     "finite or None": [],
 }
 NOT_AN_INT = [
-    ("3", TypeError), (None, TypeError), (True, TypeError), (False, TypeError), (np.bool_(True), TypeError),
-    (3.0, TypeError), (2.5, TypeError), (np.float64(3.0), TypeError), (np.array(3.0), TypeError), (NAN, TypeError),
-    (3 + 0j, TypeError), (np.array([1, 2]), ValueError), (-1, ValueError), (np.int64(-1), ValueError),
+    ("3", TypeError),
+    (None, TypeError),
+    (True, TypeError),
+    (False, TypeError),
+    (np.bool_(True), TypeError),
+    (3.0, TypeError),
+    (2.5, TypeError),
+    (np.float64(3.0), TypeError),
+    (np.array(3.0), TypeError),
+    (NAN, TypeError),
+    (3 + 0j, TypeError),
+    (np.array([1, 2]), ValueError),
+    (-1, ValueError),
+    (np.int64(-1), ValueError),
 ]
-NOT_A_FLAG = [(1, TypeError), (0, TypeError), ("yes", TypeError), ("True", TypeError), (None, TypeError), (1.0, TypeError),
-              (np.int64(1), TypeError), (np.array(True), TypeError)]
-NOT_A_DTYPE = [(jnp.int32, TypeError), (np.int8, TypeError), ("int32", TypeError), (bool, TypeError), (np.complex64, TypeError),
-               ("fast", TypeError), (0.1, TypeError), (True, TypeError), (np.zeros(3), TypeError), (jnp.zeros(()), TypeError)]
+NOT_A_FLAG = [
+    (1, TypeError),
+    (0, TypeError),
+    ("yes", TypeError),
+    ("True", TypeError),
+    (None, TypeError),
+    (1.0, TypeError),
+    (np.int64(1), TypeError),
+    (np.array(True), TypeError),
+]
+NOT_A_DTYPE = [
+    (jnp.int32, TypeError),
+    (np.int8, TypeError),
+    ("int32", TypeError),
+    (bool, TypeError),
+    (np.complex64, TypeError),
+    ("fast", TypeError),
+    (0.1, TypeError),
+    (True, TypeError),
+    (np.zeros(3), TypeError),
+    (jnp.zeros(()), TypeError),
+]
 
 
 def _bad_values(kind: str) -> list:
@@ -63,10 +108,32 @@ def _bad_values(kind: str) -> list:
 
 
 GOOD = {
-    "non_negative": [0, 0.1, 3, np.float32(0.1), np.float64(0.1), np.float16(0.1), np.int64(2), np.array(0.1),
-                     np.array(0.1, np.float32), jnp.asarray(0.1), jnp.asarray(0.1, jnp.bfloat16), jnp.asarray(2)],
+    "non_negative": [
+        0,
+        0.1,
+        3,
+        np.float32(0.1),
+        np.float64(0.1),
+        np.float16(0.1),
+        np.int64(2),
+        np.array(0.1),
+        np.array(0.1, np.float32),
+        jnp.asarray(0.1),
+        jnp.asarray(0.1, jnp.bfloat16),
+        jnp.asarray(2),
+    ],
     "positive": [1e-8, 1, np.float32(1e-6), np.float64(1e-8), np.int64(1), np.array(1e-8), jnp.asarray(1e-6)],
-    "unit": [0, 0.0, 0.5, np.float32(0.9), np.float64(0.9), np.int64(0), np.array(0.9), jnp.asarray(0.9), jnp.asarray(0.5, jnp.bfloat16)],
+    "unit": [
+        0,
+        0.0,
+        0.5,
+        np.float32(0.9),
+        np.float64(0.9),
+        np.int64(0),
+        np.array(0.9),
+        jnp.asarray(0.9),
+        jnp.asarray(0.5, jnp.bfloat16),
+    ],
     "finite": [0.1, -0.5, 1, np.float32(0.1), np.float64(0.1), np.int64(1), np.array(0.1), jnp.asarray(0.1)],
     "finite or None": [None, 0.1, -0.5, np.float32(0.1), np.array(0.1), jnp.asarray(0.1)],
     "count": [2, 5, np.int64(5), np.int32(5), np.uint8(5), np.array(5), jnp.asarray(5)],
@@ -85,52 +152,167 @@ LR = {"learning_rate": "non_negative"}
 
 FACTORIES = {
     "sgd": (aliases.sgd, {}, {**LR, "weight_decay": "non_negative", "momentum": "unit", **STATE}),
-    "rmsprop": (aliases.rmsprop, {}, {**LR, "weight_decay": "non_negative", "decay_rate": "unit", "epsilon": "positive", **STATE}),
-    "adam": (aliases.adam, {}, {**LR, "weight_decay": "non_negative", "beta1": "unit", "beta2": "unit", "epsilon": "positive", **STATE}),
+    "rmsprop": (
+        aliases.rmsprop,
+        {},
+        {**LR, "weight_decay": "non_negative", "decay_rate": "unit", "epsilon": "positive", **STATE},
+    ),
+    "adam": (
+        aliases.adam,
+        {},
+        {**LR, "weight_decay": "non_negative", "beta1": "unit", "beta2": "unit", "epsilon": "positive", **STATE},
+    ),
     "adam L1": (aliases.adam, {"regularization": "L1"}, {**LR, "weight_decay": "non_negative"}),
     "adam None": (aliases.adam, {"regularization": None}, {**LR, "weight_decay": "non_negative"}),
     "scale_by_learning_rate": (transforms.scale_by_learning_rate, {"learning_rate": 0.1}, LR),
-    "momentum_velocity": (transforms.momentum_velocity, {"learning_rate": 0.1, "momentum": 0.9}, {**LR, "momentum": "unit", **STATE}),
-    "scale_by_rms": (transforms.scale_by_rms, {}, {"decay_rate": "unit", "epsilon": "positive", "eps_in_sqrt": "flag", **STATE}),
-    "rms_step": (transforms.rms_step, {"learning_rate": 0.1}, {**LR, "decay_rate": "unit", "epsilon": "positive", **STATE}),
-    "scale_by_adam": (transforms.scale_by_adam, {}, {"beta1": "unit", "beta2": "unit", "epsilon": "positive", "epsilon_hat": "flag", **STATE}),
+    "momentum_velocity": (
+        transforms.momentum_velocity,
+        {"learning_rate": 0.1, "momentum": 0.9},
+        {**LR, "momentum": "unit", **STATE},
+    ),
+    "scale_by_rms": (
+        transforms.scale_by_rms,
+        {},
+        {"decay_rate": "unit", "epsilon": "positive", "eps_in_sqrt": "flag", **STATE},
+    ),
+    "rms_step": (
+        transforms.rms_step,
+        {"learning_rate": 0.1},
+        {**LR, "decay_rate": "unit", "epsilon": "positive", **STATE},
+    ),
+    "scale_by_adam": (
+        transforms.scale_by_adam,
+        {},
+        {"beta1": "unit", "beta2": "unit", "epsilon": "positive", "epsilon_hat": "flag", **STATE},
+    ),
     "trace": (transforms.trace, {"decay": 0.9}, {"decay": "unit", "nesterov": "flag", **STATE}),
-    "add_decayed_weights": (regularization.add_decayed_weights, {"weight_decay": 0.1}, {"weight_decay": "non_negative"}),
+    "add_decayed_weights": (
+        regularization.add_decayed_weights,
+        {"weight_decay": 0.1},
+        {"weight_decay": "non_negative"},
+    ),
     "scale_by_centered_rms": (transforms.scale_by_centered_rms, {}, {"decay": "unit", "epsilon": "positive", **STATE}),
-    "scale_by_torch_amsgrad": (transforms.scale_by_torch_amsgrad, {}, {"beta1": "unit", "beta2": "unit", "epsilon": "positive", **STATE}),
-    "scale_by_nadam": (transforms.scale_by_nadam, {}, {"beta1": "unit", "beta2": "unit", "epsilon": "positive", **STATE}),
-    "scale_by_torch_adagrad": (transforms.scale_by_torch_adagrad, {}, {"initial_accumulator_value": "non_negative", "epsilon": "positive", **STATE}),
+    "scale_by_torch_amsgrad": (
+        transforms.scale_by_torch_amsgrad,
+        {},
+        {"beta1": "unit", "beta2": "unit", "epsilon": "positive", **STATE},
+    ),
+    "scale_by_nadam": (
+        transforms.scale_by_nadam,
+        {},
+        {"beta1": "unit", "beta2": "unit", "epsilon": "positive", **STATE},
+    ),
+    "scale_by_torch_adagrad": (
+        transforms.scale_by_torch_adagrad,
+        {},
+        {"initial_accumulator_value": "non_negative", "epsilon": "positive", **STATE},
+    ),
     "scale_by_lion": (transforms.scale_by_lion, {}, {"beta1": "unit", "beta2": "unit", **STATE}),
-    "add_regularization": (regularization.add_regularization, {"regularization": "L2", "weight_decay": 0.1}, {"weight_decay": "non_negative"}),
-    "add_regularization None": (regularization.add_regularization, {"regularization": None, "weight_decay": 0.1}, {"weight_decay": "non_negative"}),
-    "add_decoupled_weight_decay": (regularization.add_decoupled_weight_decay, {"learning_rate": 0.1, "weight_decay": 0.1},
-                                   {**LR, "weight_decay": "non_negative"}),
-    "torch_sgd": (aliases.torch_sgd, {"learning_rate": 0.1, "momentum": 0.9},
-                  {**LR, "momentum": "unit", "nesterov": "flag", "weight_decay": "non_negative"}),
-    "torch_rmsprop": (aliases.torch_rmsprop, {}, {**LR, "decay_rate": "unit", "epsilon": "positive", "weight_decay": "non_negative",
-                                                  "momentum": "unit", "centered": "flag"}),
-    "torch_rmsprop centered": (aliases.torch_rmsprop, {"centered": True}, {"decay_rate": "unit", "epsilon": "positive"}),
-    "torch_adamw": (aliases.torch_adamw, {}, {**LR, "beta1": "unit", "beta2": "unit", "epsilon": "positive", "weight_decay": "non_negative",
-                                              "amsgrad": "flag"}),
-    "torch_adamw amsgrad": (aliases.torch_adamw, {"amsgrad": True}, {"beta1": "unit", "beta2": "unit", "epsilon": "positive"}),
-    "torch_adagrad": (aliases.torch_adagrad, {}, {**LR, "epsilon": "positive", "initial_accumulator_value": "non_negative",
-                                                  "weight_decay": "non_negative"}),
+    "add_regularization": (
+        regularization.add_regularization,
+        {"regularization": "L2", "weight_decay": 0.1},
+        {"weight_decay": "non_negative"},
+    ),
+    "add_regularization None": (
+        regularization.add_regularization,
+        {"regularization": None, "weight_decay": 0.1},
+        {"weight_decay": "non_negative"},
+    ),
+    "add_decoupled_weight_decay": (
+        regularization.add_decoupled_weight_decay,
+        {"learning_rate": 0.1, "weight_decay": 0.1},
+        {**LR, "weight_decay": "non_negative"},
+    ),
+    "torch_sgd": (
+        aliases.torch_sgd,
+        {"learning_rate": 0.1, "momentum": 0.9},
+        {**LR, "momentum": "unit", "nesterov": "flag", "weight_decay": "non_negative"},
+    ),
+    "torch_rmsprop": (
+        aliases.torch_rmsprop,
+        {},
+        {
+            **LR,
+            "decay_rate": "unit",
+            "epsilon": "positive",
+            "weight_decay": "non_negative",
+            "momentum": "unit",
+            "centered": "flag",
+        },
+    ),
+    "torch_rmsprop centered": (
+        aliases.torch_rmsprop,
+        {"centered": True},
+        {"decay_rate": "unit", "epsilon": "positive"},
+    ),
+    "torch_adamw": (
+        aliases.torch_adamw,
+        {},
+        {
+            **LR,
+            "beta1": "unit",
+            "beta2": "unit",
+            "epsilon": "positive",
+            "weight_decay": "non_negative",
+            "amsgrad": "flag",
+        },
+    ),
+    "torch_adamw amsgrad": (
+        aliases.torch_adamw,
+        {"amsgrad": True},
+        {"beta1": "unit", "beta2": "unit", "epsilon": "positive"},
+    ),
+    "torch_adagrad": (
+        aliases.torch_adagrad,
+        {},
+        {**LR, "epsilon": "positive", "initial_accumulator_value": "non_negative", "weight_decay": "non_negative"},
+    ),
     "nadam": (aliases.nadam, {"learning_rate": 0.1}, {**LR, "beta1": "unit", "beta2": "unit", "epsilon": "positive"}),
-    "lion": (aliases.lion, {"learning_rate": 0.1}, {**LR, "beta1": "unit", "beta2": "unit", "weight_decay": "non_negative"}),
+    "lion": (
+        aliases.lion,
+        {"learning_rate": 0.1},
+        {**LR, "beta1": "unit", "beta2": "unit", "weight_decay": "non_negative"},
+    ),
     "constant_schedule": (schedules.constant_schedule, {"value": 0.1}, {"value": "finite"}),
-    "linear_schedule": (schedules.linear_schedule, {"init_value": 1.0, "end_value": 0.0, "transition_steps": 10},
-                        {"init_value": "finite", "end_value": "finite", "transition_steps": "count", "transition_begin": "index"}),
-    "exponential_decay": (schedules.exponential_decay, {"init_value": 1.0, "transition_steps": 10, "decay_rate": 0.5},
-                          {"init_value": "finite", "transition_steps": "count", "decay_rate": "positive", "transition_begin": "index",
-                           "staircase": "flag", "end_value": "finite or None"}),
-    "cosine_decay_schedule": (schedules.cosine_decay_schedule, {"init_value": 1.0, "decay_steps": 10},
-                              {"init_value": "finite", "decay_steps": "count", "alpha": "finite", "exponent": "positive"}),
-    "warmup_cosine_decay_schedule": (schedules.warmup_cosine_decay_schedule,
-                                     {"init_value": 0.0, "peak_value": 1.0, "warmup_steps": 1, "decay_steps": 10},
-                                     {"init_value": "finite", "peak_value": "finite", "warmup_steps": "count", "decay_steps": "count",
-                                      "end_value": "finite", "exponent": "positive"}),
-    "piecewise_constant_schedule": (schedules.piecewise_constant_schedule, {"init_value": 1.0, "boundaries_and_scales": {5: 0.1}},
-                                    {"init_value": "finite"}),
+    "linear_schedule": (
+        schedules.linear_schedule,
+        {"init_value": 1.0, "end_value": 0.0, "transition_steps": 10},
+        {"init_value": "finite", "end_value": "finite", "transition_steps": "count", "transition_begin": "index"},
+    ),
+    "exponential_decay": (
+        schedules.exponential_decay,
+        {"init_value": 1.0, "transition_steps": 10, "decay_rate": 0.5},
+        {
+            "init_value": "finite",
+            "transition_steps": "count",
+            "decay_rate": "positive",
+            "transition_begin": "index",
+            "staircase": "flag",
+            "end_value": "finite or None",
+        },
+    ),
+    "cosine_decay_schedule": (
+        schedules.cosine_decay_schedule,
+        {"init_value": 1.0, "decay_steps": 10},
+        {"init_value": "finite", "decay_steps": "count", "alpha": "finite", "exponent": "positive"},
+    ),
+    "warmup_cosine_decay_schedule": (
+        schedules.warmup_cosine_decay_schedule,
+        {"init_value": 0.0, "peak_value": 1.0, "warmup_steps": 1, "decay_steps": 10},
+        {
+            "init_value": "finite",
+            "peak_value": "finite",
+            "warmup_steps": "count",
+            "decay_steps": "count",
+            "end_value": "finite",
+            "exponent": "positive",
+        },
+    ),
+    "piecewise_constant_schedule": (
+        schedules.piecewise_constant_schedule,
+        {"init_value": 1.0, "boundaries_and_scales": {5: 0.1}},
+        {"init_value": "finite"},
+    ),
     "clip": (clipping.clip, {"max_delta": 1.0}, {"max_delta": "non_negative"}),
     "clip_by_leaf_norm": (clipping.clip_by_leaf_norm, {"max_norm": 1.0}, {"max_norm": "positive"}),
     "clip_by_global_norm": (clipping.clip_by_global_norm, {"max_norm": 1.0}, {"max_norm": "positive"}),
@@ -189,18 +371,45 @@ OTHER_BAD = [
     ("adam", {"regularization": "l2"}, ValueError, ["regularization", "'l2'"]),
     ("adam", {"regularization": 2}, ValueError, ["regularization", "2"]),
     ("rmsprop", {"regularization": True}, ValueError, ["regularization", "True"]),
-    ("add_regularization", {"regularization": np.array(["L1", "L2"])}, ValueError, ["regularization", "array(['L1', 'L2']"]),
-    ("piecewise_constant_schedule", {"boundaries_and_scales": {5: -0.1}}, ValueError, ["boundaries_and_scales[5]", "-0.1"]),
-    ("piecewise_constant_schedule", {"boundaries_and_scales": {5: "0.1"}}, TypeError, ["boundaries_and_scales[5]", "'0.1'"]),
-    ("piecewise_constant_schedule", {"boundaries_and_scales": {5: NAN}}, ValueError, ["boundaries_and_scales[5]", "nan"]),
+    (
+        "add_regularization",
+        {"regularization": np.array(["L1", "L2"])},
+        ValueError,
+        ["regularization", "array(['L1', 'L2']"],
+    ),
+    (
+        "piecewise_constant_schedule",
+        {"boundaries_and_scales": {5: -0.1}},
+        ValueError,
+        ["boundaries_and_scales[5]", "-0.1"],
+    ),
+    (
+        "piecewise_constant_schedule",
+        {"boundaries_and_scales": {5: "0.1"}},
+        TypeError,
+        ["boundaries_and_scales[5]", "'0.1'"],
+    ),
+    (
+        "piecewise_constant_schedule",
+        {"boundaries_and_scales": {5: NAN}},
+        ValueError,
+        ["boundaries_and_scales[5]", "nan"],
+    ),
     ("piecewise_constant_schedule", {"boundaries_and_scales": {"5": 0.1}}, TypeError, ["boundaries_and_scales", "'5'"]),
     ("piecewise_constant_schedule", {"boundaries_and_scales": {-1: 0.1}}, ValueError, ["boundaries_and_scales", "-1"]),
     ("piecewise_constant_schedule", {"boundaries_and_scales": {5.0: 0.1}}, TypeError, ["boundaries_and_scales", "5.0"]),
-    ("piecewise_constant_schedule", {"boundaries_and_scales": [(5, 0.1)]}, TypeError, ["boundaries_and_scales", "[(5, 0.1)]"]),
+    (
+        "piecewise_constant_schedule",
+        {"boundaries_and_scales": [(5, 0.1)]},
+        TypeError,
+        ["boundaries_and_scales", "[(5, 0.1)]"],
+    ),
 ]
 
 
-@pytest.mark.parametrize("name, overrides, error, parts", OTHER_BAD, ids=[f"{case[0]}-{_id(case[1])}" for case in OTHER_BAD])
+@pytest.mark.parametrize(
+    "name, overrides, error, parts", OTHER_BAD, ids=[f"{case[0]}-{_id(case[1])}" for case in OTHER_BAD]
+)
 def test_a_bad_choice_or_container_is_refused_naming_it(name, overrides, error, parts):
     with pytest.raises(error) as raised:
         _build(name, **overrides)
@@ -216,7 +425,9 @@ JOIN_BAD = [
 ]
 
 
-@pytest.mark.parametrize("pieces, boundaries, error, parts", JOIN_BAD, ids=[_id(case[1]) + str(index) for index, case in enumerate(JOIN_BAD)])
+@pytest.mark.parametrize(
+    "pieces, boundaries, error, parts", JOIN_BAD, ids=[_id(case[1]) + str(index) for index, case in enumerate(JOIN_BAD)]
+)
 def test_join_schedules_refuses_bad_pieces_and_boundaries(pieces, boundaries, error, parts):
     with pytest.raises(error) as raised:
         schedules.join_schedules(pieces, boundaries)
@@ -224,7 +435,9 @@ def test_join_schedules_refuses_bad_pieces_and_boundaries(pieces, boundaries, er
 
 
 def test_join_schedules_accepts_numpy_int_boundaries():
-    joined = schedules.join_schedules([schedules.constant_schedule(1.0), schedules.constant_schedule(0.5)], [np.int64(3)])
+    joined = schedules.join_schedules(
+        [schedules.constant_schedule(1.0), schedules.constant_schedule(0.5)], [np.int64(3)]
+    )
     assert float(joined(2)) == 1.0 and float(joined(3)) == 0.5
 
 
@@ -232,19 +445,47 @@ def test_join_schedules_accepts_numpy_int_boundaries():
 # Contradictory combinations.
 
 CONTRADICTIONS = [
-    ("torch_sgd nesterov without momentum", lambda: aliases.torch_sgd(0.1, momentum=0.0, nesterov=True), ["nesterov", "momentum", "0.0"]),
-    ("torch_sgd nesterov with int 0", lambda: aliases.torch_sgd(0.1, momentum=0, nesterov=True), ["nesterov", "momentum=0"]),
-    ("torch_sgd nesterov with np.float32 0", lambda: aliases.torch_sgd(0.1, momentum=np.float32(0), nesterov=True),
-     ["nesterov", repr(np.float32(0))]),
-    ("exponential_decay end above a decay", lambda: schedules.exponential_decay(1.0, 10, 0.5, end_value=2.0), ["end_value", "2.0", "init_value"]),
-    ("exponential_decay end below a growth", lambda: schedules.exponential_decay(1.0, 10, 2.0, end_value=0.5), ["end_value", "0.5", "init_value"]),
-    ("warmup_cosine end with a zero peak", lambda: schedules.warmup_cosine_decay_schedule(0.0, 0.0, 1, 10, end_value=0.1),
-     ["end_value", "0.1", "peak_value"]),
-    ("warmup_cosine decay inside warm-up", lambda: schedules.warmup_cosine_decay_schedule(0.0, 1.0, 10, 10), ["decay_steps", "10"]),
+    (
+        "torch_sgd nesterov without momentum",
+        lambda: aliases.torch_sgd(0.1, momentum=0.0, nesterov=True),
+        ["nesterov", "momentum", "0.0"],
+    ),
+    (
+        "torch_sgd nesterov with int 0",
+        lambda: aliases.torch_sgd(0.1, momentum=0, nesterov=True),
+        ["nesterov", "momentum=0"],
+    ),
+    (
+        "torch_sgd nesterov with np.float32 0",
+        lambda: aliases.torch_sgd(0.1, momentum=np.float32(0), nesterov=True),
+        ["nesterov", repr(np.float32(0))],
+    ),
+    (
+        "exponential_decay end above a decay",
+        lambda: schedules.exponential_decay(1.0, 10, 0.5, end_value=2.0),
+        ["end_value", "2.0", "init_value"],
+    ),
+    (
+        "exponential_decay end below a growth",
+        lambda: schedules.exponential_decay(1.0, 10, 2.0, end_value=0.5),
+        ["end_value", "0.5", "init_value"],
+    ),
+    (
+        "warmup_cosine end with a zero peak",
+        lambda: schedules.warmup_cosine_decay_schedule(0.0, 0.0, 1, 10, end_value=0.1),
+        ["end_value", "0.1", "peak_value"],
+    ),
+    (
+        "warmup_cosine decay inside warm-up",
+        lambda: schedules.warmup_cosine_decay_schedule(0.0, 1.0, 10, 10),
+        ["decay_steps", "10"],
+    ),
 ]
 
 
-@pytest.mark.parametrize("build, parts", [case[1:] for case in CONTRADICTIONS], ids=[case[0] for case in CONTRADICTIONS])
+@pytest.mark.parametrize(
+    "build, parts", [case[1:] for case in CONTRADICTIONS], ids=[case[0] for case in CONTRADICTIONS]
+)
 def test_a_contradictory_combination_is_refused_naming_both_arguments(build, parts):
     with pytest.raises(ValueError) as raised:
         build()
@@ -316,7 +557,9 @@ def _two_steps(tx):
 @pytest.mark.parametrize("name, hyperparameters", NUMBERS, ids=[case[0] for case in NUMBERS])
 def test_the_same_value_as_a_numpy_or_jax_scalar_gives_the_same_numbers_as_a_python_float(name, hyperparameters, kind):
     converted = {argument: KINDS[kind](value) for argument, value in hyperparameters.items()}
-    as_floats = {argument: float(value) for argument, value in converted.items()}  # the very same value, as a Python float
+    as_floats = {
+        argument: float(value) for argument, value in converted.items()
+    }  # the very same value, as a Python float
     got, expected = _two_steps(_build(name, **converted)), _two_steps(_build(name, **as_floats))
     for got_leaf, expected_leaf in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
         np.testing.assert_allclose(got_leaf, expected_leaf, rtol=1e-6, atol=1e-9)

@@ -17,7 +17,6 @@ import pytest
 
 import mpnn_opt
 
-
 # every optimizer factory, built with weight decay off so that a zero gradient must give a zero update
 OPTIMIZERS = {
     "sgd": lambda lr=0.1: mpnn_opt.sgd(lr, None, momentum=0.9),
@@ -30,8 +29,12 @@ OPTIMIZERS = {
     "torch_adagrad": lambda lr=0.1: mpnn_opt.torch_adagrad(lr),
     "nadam": lambda lr=0.1: mpnn_opt.nadam(lr),
     "lion": lambda lr=0.1: mpnn_opt.lion(lr, weight_decay=0.0),
-    "rms eps in sqrt": lambda lr=0.1: mpnn_opt.chain(mpnn_opt.scale_by_rms(eps_in_sqrt=True), mpnn_opt.scale_by_learning_rate(lr)),
-    "keras adam": lambda lr=0.1: mpnn_opt.chain(mpnn_opt.scale_by_adam(epsilon_hat=True), mpnn_opt.scale_by_learning_rate(lr)),
+    "rms eps in sqrt": lambda lr=0.1: mpnn_opt.chain(
+        mpnn_opt.scale_by_rms(eps_in_sqrt=True), mpnn_opt.scale_by_learning_rate(lr)
+    ),
+    "keras adam": lambda lr=0.1: mpnn_opt.chain(
+        mpnn_opt.scale_by_adam(epsilon_hat=True), mpnn_opt.scale_by_learning_rate(lr)
+    ),
     "clip global + sgd": lambda lr=0.1: mpnn_opt.chain(mpnn_opt.clip_by_global_norm(1.0), mpnn_opt.sgd(lr, None)),
     "clip leaf + adam": lambda lr=0.1: mpnn_opt.chain(mpnn_opt.clip_by_leaf_norm(1.0), mpnn_opt.adam(lr, None)),
 }
@@ -102,7 +105,9 @@ def test_a_zero_gradient_gives_an_exactly_zero_update(name, dtype):
         lambda: mpnn_opt.nadam(0.1, epsilon=1e-45),
         lambda: mpnn_opt.torch_adamw(0.1, epsilon=1e-50, weight_decay=0.0, amsgrad=True),
         lambda: mpnn_opt.torch_rmsprop(0.1, epsilon=1e-50, centered=True),
-        lambda: mpnn_opt.chain(mpnn_opt.scale_by_rms(epsilon=1e-300, eps_in_sqrt=True), mpnn_opt.scale_by_learning_rate(0.1)),
+        lambda: mpnn_opt.chain(
+            mpnn_opt.scale_by_rms(epsilon=1e-300, eps_in_sqrt=True), mpnn_opt.scale_by_learning_rate(0.1)
+        ),
     ],
     ids=["adam", "rmsprop", "adagrad", "nadam", "amsgrad", "centered", "rms eps in sqrt"],
 )
@@ -136,7 +141,9 @@ def test_the_derivative_through_an_update_with_respect_to_the_learning_rate_is_f
         lr = 0.01
         derivative = float(jax.grad(lambda rate: _loss_after_two_steps(build, rate))(jnp.float64(lr)))
         h = 1e-6
-        difference = (float(_loss_after_two_steps(build, lr + h)) - float(_loss_after_two_steps(build, lr - h))) / (2 * h)
+        difference = (float(_loss_after_two_steps(build, lr + h)) - float(_loss_after_two_steps(build, lr - h))) / (
+            2 * h
+        )
     assert math.isfinite(derivative)
     assert derivative == pytest.approx(difference, rel=1e-4, abs=1e-6)
 
@@ -161,7 +168,10 @@ def test_global_norm_of_a_huge_gradient_is_not_infinite_when_it_fits():
 
 
 def test_clipping_under_jit_and_eagerly_agree_and_match_optax_on_ordinary_gradients(rng):
-    grads = {"w": jnp.asarray(rng.standard_normal((5, 3)).astype(np.float32) * 10), "b": jnp.asarray(rng.standard_normal(3).astype(np.float32))}
+    grads = {
+        "w": jnp.asarray(rng.standard_normal((5, 3)).astype(np.float32) * 10),
+        "b": jnp.asarray(rng.standard_normal(3).astype(np.float32)),
+    }
     ours = mpnn_opt.clip_by_global_norm(1.0)
     theirs = optax.clip_by_global_norm(1.0)
     eager, _ = ours.update(grads, ours.init(grads))

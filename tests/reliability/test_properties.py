@@ -9,13 +9,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import mpnn_opt
 
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-NAMES = st.sampled_from(["weights", "kernel", "bias", "beta", "gamma", "scale", "embedding", "w", "b", "my_bias_term", "alphabet"])
+NAMES = st.sampled_from(
+    ["weights", "kernel", "bias", "beta", "gamma", "scale", "embedding", "w", "b", "my_bias_term", "alphabet"]
+)
 SHAPES = st.lists(st.integers(1, 4), min_size=0, max_size=3).map(tuple)
 
 
@@ -40,16 +43,21 @@ def _is_shape(node) -> bool:
 
 def materialize(shapes, seed: int):
     rng = np.random.default_rng(seed)
-    return jax.tree.map(lambda shape: None if shape is None else jnp.asarray(rng.standard_normal(shape).astype(np.float32)),
-                        shapes, is_leaf=_is_shape)
+    return jax.tree.map(
+        lambda shape: None if shape is None else jnp.asarray(rng.standard_normal(shape).astype(np.float32)),
+        shapes,
+        is_leaf=_is_shape,
+    )
 
 
 PAIRS = {
     "adam": (lambda: mpnn_opt.adam(0.01, None), lambda: optax.adam(0.01)),
     "sgd": (lambda: mpnn_opt.sgd(0.05, None, momentum=0.9), lambda: optax.sgd(0.05, momentum=0.9)),
     "rmsprop": (lambda: mpnn_opt.rmsprop(0.01, None), lambda: optax.rmsprop(0.01, eps_in_sqrt=False)),
-    "clip+adam": (lambda: mpnn_opt.chain(mpnn_opt.clip_by_global_norm(1.0), mpnn_opt.adam(0.01, None)),
-                  lambda: optax.chain(optax.clip_by_global_norm(1.0), optax.adam(0.01))),
+    "clip+adam": (
+        lambda: mpnn_opt.chain(mpnn_opt.clip_by_global_norm(1.0), mpnn_opt.adam(0.01, None)),
+        lambda: optax.chain(optax.clip_by_global_norm(1.0), optax.adam(0.01)),
+    ),
 }
 
 
@@ -71,7 +79,9 @@ def test_on_any_tree_three_steps_match_optax_and_keep_structure_and_dtypes(name,
         grads = materialize(shapes, seed + 1 + step)
         updates, state = ours.update(grads, state, mine)
         their_updates, their_state = theirs.update(grads, their_state, reference)
-        assert jax.tree.structure(updates, is_leaf=lambda x: x is None) == jax.tree.structure(params, is_leaf=lambda x: x is None)
+        assert jax.tree.structure(updates, is_leaf=lambda x: x is None) == jax.tree.structure(
+            params, is_leaf=lambda x: x is None
+        )
         mine = mpnn_opt.apply_updates(mine, updates)
         reference = optax.apply_updates(reference, their_updates)
     for got, want in zip(jax.tree.leaves(mine), jax.tree.leaves(reference)):
@@ -88,7 +98,9 @@ def test_a_gradient_of_the_wrong_shape_anywhere_is_refused_naming_its_path(shape
     if not paths:
         return
     bad_path, bad_leaf = paths[pick % len(paths)]
-    grads = jax.tree_util.tree_map_with_path(lambda path, leaf: jnp.ones(leaf.shape + (2,)) if path == bad_path else leaf, params)
+    grads = jax.tree_util.tree_map_with_path(
+        lambda path, leaf: jnp.ones(leaf.shape + (2,)) if path == bad_path else leaf, params
+    )
     for tx in (mpnn_opt.adam(0.01), mpnn_opt.sgd(0.01), mpnn_opt.rmsprop(0.01)):
         with pytest.raises(ValueError, match=re_escape(jax.tree_util.keystr(bad_path))):
             tx.update(grads, tx.init(params), params)
@@ -111,10 +123,14 @@ def test_under_l2_and_a_zero_gradient_exactly_the_leaves_the_default_rule_names_
     tx = mpnn_opt.sgd(0.1, "L2", 0.5, momentum=0.0)
     zeros = jax.tree.map(jnp.zeros_like, params)
     updates, _ = tx.update(zeros, tx.init(params), params)
-    for (path, update), (_, param) in zip(jax.tree_util.tree_leaves_with_path(updates), jax.tree_util.tree_leaves_with_path(params)):
+    for (path, update), (_, param) in zip(
+        jax.tree_util.tree_leaves_with_path(updates), jax.tree_util.tree_leaves_with_path(params)
+    ):
         last = path[-1] if path else ""  # a bare array at the root has no name: regularized
         name = str(getattr(last, "key", getattr(last, "idx", last)))
-        regularized = param.ndim >= 2 and name != "scale" and not any(part in name for part in ("bias", "beta", "gamma"))
+        regularized = (
+            param.ndim >= 2 and name != "scale" and not any(part in name for part in ("bias", "beta", "gamma"))
+        )
         expected = -0.1 * 0.5 * np.asarray(param) if regularized else np.zeros(param.shape)
         np.testing.assert_allclose(update, expected, rtol=1e-6, atol=0)
 
@@ -126,7 +142,12 @@ def test_finite_gradients_of_any_scale_give_finite_updates(shapes, seed, scale):
     if not _has_arrays(params):
         return
     grads = jax.tree.map(lambda g: g * scale, materialize(shapes, seed + 1))
-    for tx in (mpnn_opt.adam(0.01), mpnn_opt.rmsprop(0.01), mpnn_opt.sgd(0.01), mpnn_opt.chain(mpnn_opt.clip_by_global_norm(1.0), mpnn_opt.adam(0.01))):
+    for tx in (
+        mpnn_opt.adam(0.01),
+        mpnn_opt.rmsprop(0.01),
+        mpnn_opt.sgd(0.01),
+        mpnn_opt.chain(mpnn_opt.clip_by_global_norm(1.0), mpnn_opt.adam(0.01)),
+    ):
         updates, _ = tx.update(grads, tx.init(params), params)
         for leaf in jax.tree.leaves(updates):
             assert bool(jnp.all(jnp.isfinite(leaf)))

@@ -17,7 +17,6 @@ import pytest
 
 import mpnn_opt
 
-
 FACTORIES = {
     "sgd": lambda: mpnn_opt.sgd(0.1),
     "rmsprop": lambda: mpnn_opt.rmsprop(0.1),
@@ -31,7 +30,9 @@ FACTORIES = {
     "nadam": lambda: mpnn_opt.nadam(0.1),
     "lion": lambda: mpnn_opt.lion(0.1),
     "masked adam": lambda: mpnn_opt.masked(mpnn_opt.adam(0.1), {"weights": True, "bias": False}),
-    "partition": lambda: mpnn_opt.partition({"a": mpnn_opt.adam(0.1), "s": mpnn_opt.sgd(0.1)}, {"weights": "a", "bias": "s"}),
+    "partition": lambda: mpnn_opt.partition(
+        {"a": mpnn_opt.adam(0.1), "s": mpnn_opt.sgd(0.1)}, {"weights": "a", "bias": "s"}
+    ),
     "accumulate": lambda: mpnn_opt.accumulate(mpnn_opt.adam(0.1), 2),
     "skip_non_finite": lambda: mpnn_opt.skip_non_finite(mpnn_opt.adam(0.1)),
     "inject": lambda: mpnn_opt.inject_hyperparams(mpnn_opt.adam)(learning_rate=0.1),
@@ -93,7 +94,9 @@ def test_a_malformed_mask_fails_at_once_naming_mask_and_the_path(build, flag):
 
 
 def test_a_bool_array_mask_of_the_leafs_shape_is_accepted_elementwise():
-    tx = mpnn_opt.sgd(0.1, "L2", 0.5, momentum=0.0, mask={"weights": jnp.array([[True, False, True]] * 2), "bias": False})
+    tx = mpnn_opt.sgd(
+        0.1, "L2", 0.5, momentum=0.0, mask={"weights": jnp.array([[True, False, True]] * 2), "bias": False}
+    )
     updates, _ = tx.update(jax.tree.map(jnp.zeros_like, PARAMS), tx.init(PARAMS), PARAMS)
     # by hand: -lr * wd * w = -0.05 where masked in, 0 elsewhere
     np.testing.assert_allclose(updates["weights"], [[-0.05, 0.0, -0.05]] * 2)
@@ -105,8 +108,10 @@ def test_a_bool_array_mask_of_the_leafs_shape_is_accepted_elementwise():
     [
         (lambda: mpnn_opt.adam(0.1, None), lambda: optax.adam(0.1)),
         (lambda: mpnn_opt.sgd(0.1, None, momentum=0.9), lambda: optax.sgd(0.1, momentum=0.9)),
-        (lambda: mpnn_opt.chain(mpnn_opt.clip_by_global_norm(0.5), mpnn_opt.rmsprop(0.1, None)),
-         lambda: optax.chain(optax.clip_by_global_norm(0.5), optax.rmsprop(0.1, eps_in_sqrt=False))),
+        (
+            lambda: mpnn_opt.chain(mpnn_opt.clip_by_global_norm(0.5), mpnn_opt.rmsprop(0.1, None)),
+            lambda: optax.chain(optax.clip_by_global_norm(0.5), optax.rmsprop(0.1, eps_in_sqrt=False)),
+        ),
         (lambda: mpnn_opt.accumulate(mpnn_opt.adam(0.1, None), 1), lambda: optax.adam(0.1)),
     ],
     ids=["adam", "sgd", "clip+rmsprop", "accumulate"],
@@ -140,9 +145,14 @@ def test_float8_params_update_with_float32_state_and_round_once(name, dtype):
     # oracle: the same optimizer on the float32 values, rounded once to float8 at the end
     wide_params = {"weights": params["weights"].astype(jnp.float32)}
     wide_updates, _ = tx.update({"weights": grads["weights"].astype(jnp.float32)}, tx.init(wide_params), wide_params)
-    expected = np.asarray(wide_params["weights"] + np.asarray(updates["weights"], np.float32)).astype(ml_dtypes.finfo(dtype).dtype)
+    expected = np.asarray(wide_params["weights"] + np.asarray(updates["weights"], np.float32)).astype(
+        ml_dtypes.finfo(dtype).dtype
+    )
     np.testing.assert_array_equal(np.asarray(new["weights"]), expected)
-    np.testing.assert_allclose(np.asarray(updates["weights"], np.float32), np.asarray(wide_updates["weights"]).astype(ml_dtypes.finfo(dtype).dtype).astype(np.float32))
+    np.testing.assert_allclose(
+        np.asarray(updates["weights"], np.float32),
+        np.asarray(wide_updates["weights"]).astype(ml_dtypes.finfo(dtype).dtype).astype(np.float32),
+    )
 
 
 @pytest.mark.parametrize("dtype", [jnp.int32, jnp.int8, jnp.bool_])
