@@ -16,6 +16,8 @@ __all__ = ["AccumulateState", "accumulate"]
 
 
 class AccumulateState(NamedTuple):
+    """The state of :func:`accumulate`."""
+
     micro_step: jax.Array  # int32 in [0, every_k): micro-steps folded into ``gradient_sum`` so far
     gradient_sum: Any  # sum of this window's gradients, mirrors params
     inner_state: OptState

@@ -30,6 +30,8 @@ __all__ = ["InjectHyperparamsState", "inject_hyperparams", "read_value", "with_h
 
 
 class InjectHyperparamsState(NamedTuple):
+    """The state of :func:`inject_hyperparams`."""
+
     count: jax.Array  # int32 steps taken; schedules are read at this value
     hyperparams: dict[str, jax.Array]  # float32 scalars, the values the next step uses; with_hyperparam sets them
     inner_state: OptState

@@ -74,6 +74,8 @@ def _merge(base: Any, replacement: Any, flags: Any, wanted: Any = True) -> Any:
 
 
 class MaskedState(NamedTuple):
+    """The state of :func:`masked`."""
+
     inner_state: OptState  # the inner transform's state over the masked-in leaves (None elsewhere)
 
 
@@ -100,6 +102,8 @@ def masked(inner: AnyTransformation, mask: Mask) -> GradientTransformation:
 
 
 class PartitionState(NamedTuple):
+    """The state of :func:`partition`."""
+
     inner_states: dict  # label -> that group's transform state
 
 

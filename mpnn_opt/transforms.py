@@ -105,6 +105,8 @@ def scale_by_learning_rate(learning_rate: ScalarOrSchedule) -> GradientTransform
 
 
 class ScheduleState(NamedTuple):
+    """A block's own state with the step count its learning-rate schedule is read at (:func:`with_learning_rate`)."""
+
     count: jax.Array  # int32 steps taken; the learning-rate schedule is read at this value
     inner_state: Any  # the block's own state, as it is with a constant rate
 
@@ -142,6 +144,8 @@ def with_learning_rate(
 
 
 class MomentumVelocityState(NamedTuple):
+    """The state of :func:`momentum_velocity` (constant learning rate)."""
+
     velocities: Any  # v, mirrors params
 
 
@@ -201,6 +205,8 @@ def _one_buffer_block(
 
 
 class ScaleByRmsState(NamedTuple):
+    """The state of :func:`scale_by_rms`."""
+
     cache: Any  # running mean of g^2, mirrors params
 
 
@@ -238,6 +244,8 @@ def _rms_denominator(cache: jax.Array, epsilon: Any, eps_in_sqrt: bool) -> jax.A
 
 
 class RmsStepState(NamedTuple):
+    """The state of :func:`rms_step` (constant learning rate)."""
+
     cache: Any  # running mean of g^2, mirrors params
 
 
@@ -270,6 +278,8 @@ def rms_step(
 
 
 class ScaleByAdamState(NamedTuple):
+    """The state of :func:`scale_by_adam`."""
+
     count: jax.Array  # int32, steps taken; bias correction uses t = count after this step
     momentums: Any  # m, first moment, mirrors params
     velocities: Any  # v, second moment, mirrors params
@@ -352,6 +362,8 @@ def _check_block(updates: Any, state: Any, state_type: type, name: str) -> Any:
 
 
 class TraceState(NamedTuple):
+    """The state of :func:`trace`."""
+
     trace: Any  # momentum buffer, mirrors params
 
 
@@ -373,6 +385,8 @@ def trace(decay: float, nesterov: bool = False, *, state_dtype: Any | None = Non
 
 
 class ScaleByCenteredRmsState(NamedTuple):
+    """The state of :func:`scale_by_centered_rms`."""
+
     mean_square: Any  # running mean of g^2
     mean: Any  # running mean of g
 
@@ -408,6 +422,8 @@ def scale_by_centered_rms(
 
 
 class ScaleByTorchAmsgradState(NamedTuple):
+    """The state of :func:`scale_by_torch_amsgrad`."""
+
     count: jax.Array
     momentums: Any
     velocities: Any
@@ -453,6 +469,8 @@ def scale_by_torch_amsgrad(
 
 
 class ScaleByNadamState(NamedTuple):
+    """The state of :func:`scale_by_nadam`."""
+
     count: jax.Array
     momentums: Any
     velocities: Any
@@ -502,6 +520,8 @@ def scale_by_nadam(
 
 
 class ScaleByTorchAdagradState(NamedTuple):
+    """The state of :func:`scale_by_torch_adagrad`."""
+
     sum_of_squares: Any
 
 
@@ -529,6 +549,8 @@ def scale_by_torch_adagrad(
 
 
 class ScaleByLionState(NamedTuple):
+    """The state of :func:`scale_by_lion`."""
+
     momentums: Any
 
 

@@ -23,6 +23,8 @@ __all__ = [
 
 
 class SkipNonFiniteState(NamedTuple):
+    """The state of :func:`skip_non_finite`."""
+
     inner_state: OptState
     skipped: jax.Array  # int32, how many steps were skipped so far
     last_finite: jax.Array  # bool, whether the last step's updates were all finite
@@ -61,6 +63,8 @@ def skip_non_finite(inner: AnyTransformation) -> GradientTransformation:
 
 
 class ParamsEmaState(NamedTuple):
+    """An exponential moving average of the params: :func:`params_ema_init` makes one."""
+
     count: jax.Array  # int32, updates folded in
     average: Any  # the (biased) running average, mirrors params
     decay: jax.Array  # the decay given to params_ema_init, read by both params_ema_update and ema_params
