@@ -11,8 +11,9 @@ from __future__ import annotations
 import jax
 
 from mpnn_opt.optimizers._adapter import SGD, Adam, Optimizer, RMSprop
+from mpnn_opt.optimizers._transform import Transform
 
-__all__ = ["Adam", "Optimizer", "RMSprop", "SGD", "use_synchronous_dispatch"]
+__all__ = ["Adam", "Optimizer", "RMSprop", "SGD", "Transform", "use_synchronous_dispatch"]
 
 
 def use_synchronous_dispatch() -> bool:

@@ -105,14 +105,17 @@ class Layout(NamedTuple):
                 f"{first.where} has dtype {first.param.dtype}, but {entries[0].where} has {entries[0].param.dtype}; "
                 f"the optimizer needs every parameter in one dtype"
             )
-        spans, sizes = _spans(tuple((e.name, e.param.shape) for e in entries))
+        spans, sizes = layout_spans(tuple((e.name, e.param.shape) for e in entries))
         return Layout(
             str(entries[0].param.dtype), tuple((e.layer_key, e.name, e.param.shape) for e in entries), spans, sizes
         )
 
 
 @functools.lru_cache(maxsize=64)
-def _spans(leaves: tuple[tuple[str, tuple[int, ...]], ...]) -> tuple[tuple[tuple[str, int, int], ...], dict[str, int]]:
+def layout_spans(
+    leaves: tuple[tuple[str, tuple[int, ...]], ...],
+) -> tuple[tuple[tuple[str, int, int], ...], dict[str, int]]:
+    """The ``(group, start, stop)`` of each ``(name, shape)`` leaf and the group sizes: a :class:`Layout`'s spans and sizes."""
     sizes: dict[str, int] = dict.fromkeys(GROUPS, 0)
     spans = []
     for name, shape in leaves:
