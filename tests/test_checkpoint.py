@@ -117,6 +117,15 @@ def test_keys_name_the_parameter_the_stage_and_the_field():
     ]
 
 
+def test_flax_variables_and_their_pure_arrays_give_the_same_keys():
+    nnx = pytest.importorskip("flax.nnx")
+    variables = nnx.state(nnx.Linear(2, 3, rngs=nnx.Rngs(0)), nnx.Param)  # leaves at ['kernel'].value
+    tx = mpnn_opt.adam(regularization=None)
+    keys = list(state_dict(tx.init(variables)))
+    assert keys == list(state_dict(tx.init(variables.to_pure_dict())))
+    assert "kernel:scale_by_adam.momentums" in keys
+
+
 def test_partition_groups_are_scopes_and_masked_out_leaves_have_no_key():
     params = make_params()
     assert sorted(state_dict(OPTIMIZERS["partition"](None).init(params))) == [
