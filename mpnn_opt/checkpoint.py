@@ -29,7 +29,9 @@ The key scheme::
 For example ``mpnn_opt.adam(learning_rate=schedule)`` on ``{"dense": {"weights": w, "bias": b}}`` gives
 ``scale_by_adam.count``, ``dense/bias:scale_by_adam.momentums``, ``dense/weights:scale_by_adam.velocities``,
 ..., ``schedule.count`` (the learning rate's) and ``schedule#2.count`` (the weight decay's).
-Two values with the same key (a parameter named ``a/b`` next to ``a`` with a child ``b``) raise.
+Two values with the same key (a parameter named ``a/b`` next to ``a`` with a child ``b``) raise. An array
+outside any named-tuple state (rare: every state of this library and of optax is a named tuple) has only
+its position for a key, ``state[1][0]``.
 """
 
 from __future__ import annotations
@@ -76,7 +78,7 @@ class _Keyer:
 
     def leaf(self, key: str, value: Any) -> Any:
         if key in self.seen:
-            raise ValueError(f"state_dict: two values of the state have the key {key!r}; rename one of the parameters")
+            raise ValueError(f"checkpoint: two values of the state have the key {key!r}; rename one of the parameters")
         self.seen[key] = None
         return self.fn(key, value)
 
