@@ -6,7 +6,7 @@ modules (``mpnn_opt.transforms``, ``mpnn_opt.regularization``, ...). The mpneura
 classes are in the subpackage ``mpnn_opt.optimizers``, imported on first use.
 """
 
-from mpnn_opt import schedules
+from mpnn_opt import checkpoint, schedules
 from mpnn_opt.accumulation import accumulate
 from mpnn_opt.aliases import adam, lion, nadam, rmsprop, sgd, torch_adagrad, torch_adamw, torch_rmsprop, torch_sgd
 from mpnn_opt.base import EmptyState, GradientTransformation, apply_updates, chain, identity, with_extra_args
@@ -45,6 +45,7 @@ __all__ = [
     "add_regularization",
     "apply_updates",
     "chain",
+    "checkpoint",
     "clip",
     "clip_by_global_norm",
     "clip_by_leaf_norm",
