@@ -348,6 +348,39 @@ def test_a_fault_at_any_line_of_step_changes_nothing_and_the_run_continues_bit_i
         assert _same_tree(params, reference_params) and _same_state(optimizer.state, reference.state), n
 
 
+def test_an_interrupt_at_any_copy_into_the_layers_restores_them_and_keeps_the_state(rng, monkeypatch):
+    # the tracer above stops at the commit; this one reaches into the write-back, whose copies come before it
+    params0, grads = random_tree(rng, SMALL), [random_tree(rng, SMALL) for _ in range(3)]
+    tx = optax.adam(1e-2)
+    reference, reference_params = Transform(tx), _copy(params0)
+    _step_all(reference, reference_params, grads)
+    real_copyto, calls, fail_at = np.copyto, [], 0
+
+    def copyto(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == fail_at:
+            raise KeyboardInterrupt(f"copy {fail_at}")
+        return real_copyto(*args, **kwargs)
+
+    monkeypatch.setattr(np, "copyto", copyto)
+    copies = 3 * 4  # params and grads staged, then the write-back: three copies per parameter
+    for at in range(1, copies + 1):
+        optimizer, params = Transform(tx), _copy(params0)
+        _step_all(optimizer, params, grads[:1])
+        before, state_before = _copy(params), optimizer.state
+        calls.clear()
+        fail_at = at
+        with pytest.raises(KeyboardInterrupt, match=f"copy {at}"):
+            _step_all(optimizer, params, grads[1:2])
+        fail_at = 0
+        assert _same_tree(params, before) and optimizer.state is state_before, at
+        _step_all(optimizer, params, grads[1:])
+        assert _same_tree(params, reference_params) and _same_state(optimizer.state, reference.state), at
+    calls.clear()
+    _step_all(Transform(tx), _copy(params0), grads[:1])
+    assert len(calls) == copies
+
+
 def test_float64_parameters_are_updated_in_float64_as_the_functional_loop_does_under_x64(rng):
     as_float64 = lambda tree: jax.tree.map(lambda leaf: leaf.astype(np.float64), tree)  # noqa: E731
     params0, grads = as_float64(random_tree(rng, SMALL)), [as_float64(random_tree(rng, SMALL)) for _ in range(3)]
