@@ -393,3 +393,15 @@ def test_float64_parameters_are_updated_in_float64_as_the_functional_loop_does_u
     got = _by_layer(params)
     assert params["dense"]["weights"].dtype == np.float64
     assert max(relative_error(got[k][n], expected[k][n]) for k in got for n in got[k]) <= 1e-14
+
+
+def test_legacy_example_trains_with_a_clipped_warmup_cosine_transform_and_resumes_half_way(capsys):
+    import runpy
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "legacy_mpneuralnetwork.py"
+    accuracy = runpy.run_path(str(example))["main_transform"]()
+    printed = capsys.readouterr().out
+    assert accuracy > 0.9
+    assert printed.count("[training]") == 8  # 4 epochs, checkpoint, 4 more in the resumed model
+    assert "resumed half-way" in printed and "(176 steps)" in printed  # the step count continued across the resume

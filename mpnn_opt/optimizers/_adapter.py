@@ -19,6 +19,11 @@ Hyperparameters enter the compiled function as traced arguments, so assigning
 ``optimizer.learning_rate`` (or any other hyperparameter) between steps takes effect without
 recompiling; changing ``regularization``, or the set or shapes of the parameters, compiles once more.
 
+For any other transformation (optax's, chains, schedules, clipping) use
+:class:`mpnn_opt.optimizers.Transform`: the same ``step(layers)`` and guarantees, with the
+transformation's own state keyed by parameter name; the three classes here keep the seed's state
+layout and their own machinery (the packed buffers, the spare outputs, tied weights).
+
 Importing it changes no setting of the process. ``step`` waits for its result, so JAX's asynchronous
 CPU dispatch only adds two thread hand-offs (35-45 us) to every step: a NumPy program that uses JAX
 for nothing else can call :func:`mpnn_opt.optimizers.use_synchronous_dispatch` once, before JAX
