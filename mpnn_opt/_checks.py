@@ -134,11 +134,14 @@ def flag(name: str, value: Any) -> None:
     raise TypeError(f"{name} must be a bool (True or False), got {value!r} of type {_type_name(value)}")
 
 
-def state_dtype(value: Any) -> None:
-    """Refuses anything but ``None`` (the default: float32, or float64 for float64 params) or a floating dtype (``jnp.float32``, ``'bfloat16'``, ...)."""
+def state_dtype(value: Any, name: str = "state_dtype") -> None:
+    """Refuses anything but ``None`` (the default: float32, or float64 for float64 params) or a floating dtype (``jnp.float32``, ``'bfloat16'``, ...).
+
+    ``name`` is the argument's (``state_dtype``, ``mu_dtype``, ``nu_dtype``).
+    """
     if value is None:
         return
-    expected = "state_dtype must be None or a floating dtype such as jnp.float32 or 'bfloat16'"
+    expected = f"{name} must be None or a floating dtype such as jnp.float32 or 'bfloat16'"
     if isinstance(value, (bool, *_ARRAY_TYPES)):
         raise TypeError(f"{expected}, got {value!r} of type {_type_name(value)}")
     try:

@@ -6,7 +6,8 @@ named library's definition exactly and one signature scheme: the learning rate f
 library's default), everything else keyword-only, the library's hyperparameters under this
 library's names (``decay_rate`` for torch's ``alpha``, ``epsilon`` for ``eps``, ``beta1``/``beta2``
 for ``betas``), and ``mask`` (which leaves the weight decay touches; default: all, as in torch
-and optax) and ``state_dtype`` where they apply. Learning rates accept schedules, and
+and optax) and ``state_dtype`` where they apply (the Adam family also takes ``mu_dtype`` and ``nu_dtype``,
+the dtypes of the two moments, which default to ``state_dtype``). Learning rates accept schedules, and
 ``inject_hyperparams`` changes any numeric hyperparameter between steps without recompiling.
 
 The seed's aliases:
@@ -104,6 +105,8 @@ def adam(
     *,
     mask: Mask | None = None,
     state_dtype: Any | None = None,
+    mu_dtype: Any | None = None,
+    nu_dtype: Any | None = None,
 ) -> GradientTransformation:
     """Adam, the seed's ``Adam``; decays weights by default (``'L2'``, decoupled; 'L1' is a coupled penalty).
 
@@ -117,9 +120,11 @@ def adam(
     Defaults: lr 0.001, 'L2', weight_decay 0.001, beta1 0.9, beta2 0.999, epsilon 1e-8.
     torch ``AdamW`` / optax ``adamw`` decay the weight before the step (``w - lr * wd * w``) and
     default to weight_decay 0.01 / 1e-4; the difference is of order lr^2 * wd per step.
+    ``mu_dtype`` / ``nu_dtype`` store ``m`` / ``v`` in another dtype than ``state_dtype``
+    (see :func:`mpnn_opt.transforms.scale_by_adam`).
     """
     _checks.regularization(regularization)
-    direction = scale_by_adam(beta1, beta2, epsilon, state_dtype=state_dtype)
+    direction = scale_by_adam(beta1, beta2, epsilon, state_dtype=state_dtype, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
     if regularization == "L2":
         return chain(
             direction,
@@ -202,13 +207,16 @@ def torch_adamw(
     amsgrad: bool = False,
     mask: Mask | None = None,
     state_dtype: Any | None = None,
+    mu_dtype: Any | None = None,
+    nu_dtype: Any | None = None,
 ) -> GradientTransformation:
     """torch ``AdamW``: ``w = w - lr * (adam_direction + wd * w)`` (decay of the old weight, scaled by lr);
     optax ``adamw`` is the same. The seed's 'L2' Adam decays the stepped weight instead. ``amsgrad``
-    is torch's form (:func:`mpnn_opt.transforms.scale_by_torch_amsgrad`). Defaults are torch's."""
+    is torch's form (:func:`mpnn_opt.transforms.scale_by_torch_amsgrad`). Defaults are torch's.
+    ``mu_dtype`` / ``nu_dtype`` store the moments in another dtype than ``state_dtype``."""
     _checks.flag("amsgrad", amsgrad)
     block = scale_by_torch_amsgrad if amsgrad else scale_by_adam
-    direction = block(beta1, beta2, epsilon, state_dtype=state_dtype)
+    direction = block(beta1, beta2, epsilon, state_dtype=state_dtype, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
     return chain(direction, add_decayed_weights(weight_decay, mask), scale_by_learning_rate(learning_rate))
 
 
@@ -233,9 +241,12 @@ def nadam(
     beta2: float = 0.999,
     epsilon: float = 1e-8,
     state_dtype: Any | None = None,
+    mu_dtype: Any | None = None,
+    nu_dtype: Any | None = None,
 ) -> GradientTransformation:
     """optax ``nadam``: see :func:`mpnn_opt.transforms.scale_by_nadam` (optax requires the learning rate; 1e-3 here)."""
-    return chain(scale_by_nadam(beta1, beta2, epsilon, state_dtype=state_dtype), scale_by_learning_rate(learning_rate))
+    direction = scale_by_nadam(beta1, beta2, epsilon, state_dtype=state_dtype, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
+    return chain(direction, scale_by_learning_rate(learning_rate))
 
 
 def lion(

@@ -3,7 +3,10 @@
 Each block states its exact recursion. ``g`` is the incoming update (the gradient, possibly
 already transformed), ``t`` the 1-based step number. Arithmetic runs in at least float32; the
 outgoing updates keep the incoming updates' dtype and the state keeps ``state_dtype`` (default:
-each parameter's own dtype).
+float32, or float64 for float64 params). The Adam family (:func:`scale_by_adam`,
+:func:`scale_by_torch_amsgrad`, :func:`scale_by_nadam`) also takes ``mu_dtype`` and ``nu_dtype``,
+the dtypes of the first and second moments (each defaults to ``state_dtype``): ``mu_dtype=jnp.bfloat16``
+as optax's ``adam(mu_dtype=...)``.
 """
 
 from __future__ import annotations
@@ -64,6 +67,18 @@ def _check_updates(updates: Updates, reference: Any, reference_name: str) -> Upd
 def _init_state_tree(params: Params, state_dtype: Any | None) -> Any:
     check_float_leaves(params, "params")
     return zeros_like_tree(params, state_dtype)
+
+
+def _moment_dtypes(state_dtype: Any | None, mu_dtype: Any | None, nu_dtype: Any | None) -> tuple[Any, Any]:
+    """Checks the three dtype arguments of an Adam-family block; returns ``(mu dtype, nu dtype)``.
+
+    A per-field dtype left at None falls back to ``state_dtype`` (itself None: each parameter's
+    compute dtype, see :func:`mpnn_opt._tree.zeros_like_tree`).
+    """
+    _checks.state_dtype(state_dtype)
+    _checks.state_dtype(mu_dtype, "mu_dtype")
+    _checks.state_dtype(nu_dtype, "nu_dtype")
+    return (state_dtype if mu_dtype is None else mu_dtype), (state_dtype if nu_dtype is None else nu_dtype)
 
 
 def per_compute_dtype(updates: Updates, scalars: Any) -> dict:
@@ -292,6 +307,8 @@ def scale_by_adam(
     *,
     epsilon_hat: bool = False,
     state_dtype: Any | None = None,
+    mu_dtype: Any | None = None,
+    nu_dtype: Any | None = None,
 ) -> GradientTransformation:
     """Adam's direction, with bias correction from its own step count.
 
@@ -305,18 +322,21 @@ def scale_by_adam(
     (Kingma & Ba's "epsilon hat"): ``u_t = (sqrt(1 - beta2^t) / (1 - beta1^t)) * m_t / (sqrt(v_t) + eps)``.
     ``1 - beta^t`` is computed without cancellation (see ``bias_correction``),
     closer to the seed's float64 scalars than optax's and torch's float32 ``1 - beta**t``. Keras adds eps the same way; TF1's "epsilon hat" does not.
+
+    ``m`` is stored in ``mu_dtype`` and ``v`` in ``nu_dtype`` (each defaults to ``state_dtype``);
+    the recursion runs in float32 and each moment is rounded to its dtype when stored.
     """
     _checks.in_unit_interval("beta1", beta1)
     _checks.in_unit_interval("beta2", beta2)
     _checks.positive("epsilon", epsilon)
     _checks.flag("epsilon_hat", epsilon_hat)
-    _checks.state_dtype(state_dtype)
+    mu_dtype, nu_dtype = _moment_dtypes(state_dtype, mu_dtype, nu_dtype)
 
     def init_fn(params: Params) -> ScaleByAdamState:
         return ScaleByAdamState(
             count=zero_count(),
-            momentums=_init_state_tree(params, state_dtype),
-            velocities=_init_state_tree(params, state_dtype),
+            momentums=_init_state_tree(params, mu_dtype),
+            velocities=_init_state_tree(params, nu_dtype),
         )
 
     def update_fn(updates, state, params=None):
@@ -431,18 +451,27 @@ class ScaleByTorchAmsgradState(NamedTuple):
 
 
 def scale_by_torch_amsgrad(
-    beta1: float = 0.9, beta2: float = 0.999, epsilon: float = 1e-8, *, state_dtype: Any | None = None
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    epsilon: float = 1e-8,
+    *,
+    state_dtype: Any | None = None,
+    mu_dtype: Any | None = None,
+    nu_dtype: Any | None = None,
 ) -> GradientTransformation:
     """AMSGrad as torch ``Adam(amsgrad=True)``: ``v_max = max(v_max, v_t)``,
     ``u = (m_t / (1 - b1^t)) / (sqrt(v_max) / sqrt(1 - b2^t) + eps)``. (optax's ``amsgrad`` takes the max
-    of the bias-corrected ``v``, which differs in the first steps.)"""
+    of the bias-corrected ``v``, which differs in the first steps.) ``m`` is stored in ``mu_dtype``,
+    ``v`` and ``v_max`` in ``nu_dtype`` (each defaults to ``state_dtype``)."""
     _checks.in_unit_interval("beta1", beta1)
     _checks.in_unit_interval("beta2", beta2)
     _checks.positive("epsilon", epsilon)
-    _checks.state_dtype(state_dtype)
+    mu_dtype, nu_dtype = _moment_dtypes(state_dtype, mu_dtype, nu_dtype)
 
     def init_fn(params):
-        return ScaleByTorchAmsgradState(zero_count(), *(_state_tree(params, state_dtype) for _ in range(3)))
+        return ScaleByTorchAmsgradState(
+            zero_count(), _state_tree(params, mu_dtype), _state_tree(params, nu_dtype), _state_tree(params, nu_dtype)
+        )
 
     def update_fn(updates, state, params=None):
         del params
@@ -477,18 +506,25 @@ class ScaleByNadamState(NamedTuple):
 
 
 def scale_by_nadam(
-    beta1: float = 0.9, beta2: float = 0.999, epsilon: float = 1e-8, *, state_dtype: Any | None = None
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    epsilon: float = 1e-8,
+    *,
+    state_dtype: Any | None = None,
+    mu_dtype: Any | None = None,
+    nu_dtype: Any | None = None,
 ) -> GradientTransformation:
     """NAdam in optax's form (Dozat 2016 without momentum decay):
     ``m_hat = b1 * m_t / (1 - b1^(t+1)) + (1 - b1) * g_t / (1 - b1^t)``, ``u = m_hat / (sqrt(v_t / (1 - b2^t)) + eps)``.
-    torch ``NAdam`` also decays the momentum coefficient (``momentum_decay=0.004``), so it differs."""
+    torch ``NAdam`` also decays the momentum coefficient (``momentum_decay=0.004``), so it differs.
+    ``m`` is stored in ``mu_dtype`` and ``v`` in ``nu_dtype`` (each defaults to ``state_dtype``)."""
     _checks.in_unit_interval("beta1", beta1)
     _checks.in_unit_interval("beta2", beta2)
     _checks.positive("epsilon", epsilon)
-    _checks.state_dtype(state_dtype)
+    mu_dtype, nu_dtype = _moment_dtypes(state_dtype, mu_dtype, nu_dtype)
 
     def init_fn(params):
-        return ScaleByNadamState(zero_count(), _state_tree(params, state_dtype), _state_tree(params, state_dtype))
+        return ScaleByNadamState(zero_count(), _state_tree(params, mu_dtype), _state_tree(params, nu_dtype))
 
     def update_fn(updates, state, params=None):
         del params

@@ -3,8 +3,8 @@ and showing the value; it accepts real numbers of every usual kind, and gives th
 
 A number is a Python int or float, a NumPy scalar or a 0-d NumPy / JAX array of a real dtype. Strings
 (even "0.1"), None, bools and complex values are a TypeError; arrays of another shape, NaN, +-inf and
-values out of range a ValueError. Counts are ints (NumPy ints too), flags are bools, ``state_dtype`` is
-None or a floating dtype.
+values out of range a ValueError. Counts are ints (NumPy ints too), flags are bools, ``state_dtype`` (and
+the Adam family's ``mu_dtype`` and ``nu_dtype``) is None or a floating dtype.
 """
 
 from __future__ import annotations
@@ -148,6 +148,7 @@ GOOD = {
 PARAMS = {"weights": jnp.asarray([[0.5, -1.0], [2.0, 0.25]]), "bias": jnp.asarray([0.1, -0.3])}
 EMA = wrappers.params_ema_init(PARAMS)
 STATE = {"state_dtype": "dtype"}
+MOMENTS = {**STATE, "mu_dtype": "dtype", "nu_dtype": "dtype"}
 LR = {"learning_rate": "non_negative"}
 
 FACTORIES = {
@@ -160,7 +161,7 @@ FACTORIES = {
     "adam": (
         aliases.adam,
         {},
-        {**LR, "weight_decay": "non_negative", "beta1": "unit", "beta2": "unit", "epsilon": "positive", **STATE},
+        {**LR, "weight_decay": "non_negative", "beta1": "unit", "beta2": "unit", "epsilon": "positive", **MOMENTS},
     ),
     "adam L1": (aliases.adam, {"regularization": "L1"}, {**LR, "weight_decay": "non_negative"}),
     "adam None": (aliases.adam, {"regularization": None}, {**LR, "weight_decay": "non_negative"}),
@@ -183,7 +184,7 @@ FACTORIES = {
     "scale_by_adam": (
         transforms.scale_by_adam,
         {},
-        {"beta1": "unit", "beta2": "unit", "epsilon": "positive", "epsilon_hat": "flag", **STATE},
+        {"beta1": "unit", "beta2": "unit", "epsilon": "positive", "epsilon_hat": "flag", **MOMENTS},
     ),
     "trace": (transforms.trace, {"decay": 0.9}, {"decay": "unit", "nesterov": "flag", **STATE}),
     "add_decayed_weights": (
@@ -195,12 +196,12 @@ FACTORIES = {
     "scale_by_torch_amsgrad": (
         transforms.scale_by_torch_amsgrad,
         {},
-        {"beta1": "unit", "beta2": "unit", "epsilon": "positive", **STATE},
+        {"beta1": "unit", "beta2": "unit", "epsilon": "positive", **MOMENTS},
     ),
     "scale_by_nadam": (
         transforms.scale_by_nadam,
         {},
-        {"beta1": "unit", "beta2": "unit", "epsilon": "positive", **STATE},
+        {"beta1": "unit", "beta2": "unit", "epsilon": "positive", **MOMENTS},
     ),
     "scale_by_torch_adagrad": (
         transforms.scale_by_torch_adagrad,
@@ -255,19 +256,24 @@ FACTORIES = {
             "epsilon": "positive",
             "weight_decay": "non_negative",
             "amsgrad": "flag",
+            **MOMENTS,
         },
     ),
     "torch_adamw amsgrad": (
         aliases.torch_adamw,
         {"amsgrad": True},
-        {"beta1": "unit", "beta2": "unit", "epsilon": "positive"},
+        {"beta1": "unit", "beta2": "unit", "epsilon": "positive", **MOMENTS},
     ),
     "torch_adagrad": (
         aliases.torch_adagrad,
         {},
         {**LR, "epsilon": "positive", "initial_accumulator_value": "non_negative", "weight_decay": "non_negative"},
     ),
-    "nadam": (aliases.nadam, {"learning_rate": 0.1}, {**LR, "beta1": "unit", "beta2": "unit", "epsilon": "positive"}),
+    "nadam": (
+        aliases.nadam,
+        {"learning_rate": 0.1},
+        {**LR, "beta1": "unit", "beta2": "unit", "epsilon": "positive", **MOMENTS},
+    ),
     "lion": (
         aliases.lion,
         {"learning_rate": 0.1},
