@@ -88,7 +88,7 @@ import numbers
 import operator
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -100,6 +100,7 @@ from mpnn_opt.aliases import adam, rmsprop, sgd
 from mpnn_opt.base import apply_updates
 from mpnn_opt.compiler_options import cpu_compiler_options
 from mpnn_opt.optimizers import _staging as _layer_tree
+from mpnn_opt.optimizers import _state_dict
 from mpnn_opt.regularization import add_regularization, is_regularized_name
 
 __all__ = ["Optimizer", "SGD", "RMSprop", "Adam"]
@@ -315,6 +316,8 @@ class Optimizer:
         self._device: _DeviceState | None = None
         self._scratch: _Scratch | None = None
         self._host: tuple | None = None  # ((dtype, group sizes), params buffers, grads buffers, compiler options)
+        self._names: tuple[tuple[str, weakref.ref], ...] | None = None  # ("layer_{i}/{name}", param) of the last state
+        self._pending: _state_dict.Pending | None = None  # load_state_dict's entries, for the next step
 
     # --- settings ---------------------------------------------------------------------------------
 
@@ -392,7 +395,7 @@ class Optimizer:
                 new_params, old_params, device, scratch = self._compute(
                     entries, rounds, layout, ids, min(count, _COUNT_LIMIT)
                 )
-            committed.update(_device=device, _scratch=scratch)
+            committed.update(_device=device, _scratch=scratch, _pending=None)
             # the commit is one C call: no signal handler or exception can run half-way through it
             _layer_tree.write_back(
                 entries, layout, new_params, old_params, functools.partial(vars(self).update, committed)
@@ -479,14 +482,17 @@ class Optimizer:
         if device is not None and device.ids == ids and device.layout == layout:
             return device
         self._materialize()
-        slots = {name: self._upload(name, entries, layout) for name in self._slot_names}
+        found = self._state_of if self._pending is None else self._loaded(self._pending, entries)
+        slots = {name: self._upload(name, entries, layout, found) for name in self._slot_names}
         return _DeviceState(layout, ids, tuple(entry.param for entry in entries), slots)
 
-    def _upload(self, name: str, entries: list, layout: _layer_tree.Layout) -> dict[str, jax.Array]:
-        """The ``params[name]`` entries of ``entries``' arrays as flat device buffers in ``layout``'s order (zeros where none)."""
+    def _upload(
+        self, name: str, entries: list, layout: _layer_tree.Layout, found: Callable[[str, Any], Any]
+    ) -> dict[str, jax.Array]:
+        """The state ``name`` of ``entries`` (``found(name, entry)``) as flat device buffers in ``layout``'s order (zeros where none)."""
         host = {group: np.zeros(size, STATE_DTYPE) for group, size in layout.sizes.items()}
         for entry, (group, start, stop) in zip(entries, layout.spans):
-            value = self._state_for(name, entry.param)
+            value = found(name, entry)
             if value is not None and np.shape(value) != entry.param.shape:
                 raise ValueError(
                     f"{entry.where}: the optimizer state {name!r} has shape {np.shape(value)}, "
@@ -495,6 +501,22 @@ class Optimizer:
             if value is not None:
                 host[group][start:stop] = np.ravel(value)
         return {group: jnp.array(flat, copy=True) for group, flat in host.items()}
+
+    def _state_of(self, name: str, entry: _layer_tree.Entry) -> Any:
+        return self._state_for(name, entry.param)
+
+    def _loaded(self, pending: _state_dict.Pending, entries: list) -> Callable[[str, Any], Any]:
+        """``load_state_dict``'s entries as a lookup ``(slot, entry) -> array or None``, checked against ``entries``.
+
+        Raises ``ValueError`` naming the keys that do not fit (see :mod:`mpnn_opt.optimizers._state_dict`).
+        """
+        expected = {
+            _state_dict.key(entry.layer_key, entry.name, slot): entry.param.shape
+            for entry in entries
+            for slot in self._slot_names
+        }
+        _state_dict.unmatched(f"{type(self).__name__}.step", pending, expected)
+        return lambda slot, entry: pending.entries.get(_state_dict.key(entry.layer_key, entry.name, slot))
 
     def _state_for(self, name: str, param: np.ndarray) -> Any:
         """``params[name]``'s entry for ``param``, or None when there is none or it belongs to a freed array.
@@ -522,6 +544,10 @@ class Optimizer:
                 value = host[group][start:stop].reshape(shape)
                 self._slots[name][id(param)] = value
                 self._written[(name, id(param))] = (weakref.ref(param), weakref.ref(value))
+        self._names = tuple(
+            (f"{layer_key}/{param_name}", weakref.ref(param))
+            for (layer_key, param_name, _), param in zip(device.layout.leaves, device.params)
+        )
         self._device = None
         self._forget_freed()
 
@@ -569,6 +595,84 @@ class Optimizer:
             self._materialize()
             self._forget_freed()
             return ({"t": self.t} if self._counts_steps else {}) | self._slots
+
+    # --- torch's state_dict -----------------------------------------------------------------------
+
+    def state_dict(self, layers: list | None = None) -> dict[str, np.ndarray]:
+        """The state as ``{"layer_{i}/{name}:{slot}": array}`` (float32 copies), plus ``"t"`` (0-d int64) for Adam.
+
+        Keyed by the layer's position and the parameter's name, so a model rebuilt in another process
+        resumes with :meth:`load_state_dict`. The names are those of the last ``step``'s layers (an
+        array held by several layers is named after its first); ``layers`` names the state by these
+        layers instead, e.g. after :meth:`from_seed`, whose state is keyed by array only (a parameter
+        without state then gets zeros, the state it would start from). Before any step, loaded entries
+        not yet used are returned as loaded, whatever ``layers``. Hyperparameters are not state: save ``get_config()``.
+        """
+        with self._lock:
+            counted = {"t": np.array(self.t, np.int64)} if self._counts_steps else {}
+            if self._pending is not None:
+                return {name: value.copy() for name, value in self._pending.entries.items()} | counted
+            self._materialize()
+            if layers is not None:
+                named = [(f"{e.layer_key}/{e.name}", e.param) for e in _layer_tree.untie(_layer_tree.gather(layers))[0]]
+            elif self._names is not None:
+                named = [(prefix, param) for prefix, ref in self._names if (param := ref()) is not None]
+            elif any(self._slots.values()):
+                raise ValueError(
+                    f"{type(self).__name__}.state_dict: the state is keyed by array only (from from_seed or params) "
+                    f"until a step names it; pass the layers: state_dict(model.layers)"
+                )
+            else:
+                named = []
+            arrays = {}
+            for prefix, param in named:
+                for slot in self._slot_names:
+                    value = self._state_for(slot, param)
+                    value = np.zeros(param.shape, STATE_DTYPE) if value is None else value
+                    arrays[f"{prefix}:{slot}"] = np.array(value, STATE_DTYPE, copy=True)
+            return arrays | counted
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> None:
+        """Replaces the state with ``state_dict`` (from :meth:`state_dict`, e.g. through ``numpy.savez``/``np.load``).
+
+        Adam's ``t`` is set now; the other entries are kept (copied) and matched to the layers' parameters
+        by key at the next ``step``, which raises ``ValueError`` naming the keys whose shape differs and,
+        with ``strict=True``, those for parameters the model does not have and the parameters without an
+        entry; it then changes nothing. ``strict=False`` ignores unknown keys and starts parameters without
+        an entry from zero state. Here, keys this class never writes (another slot, a malformed key)
+        raise under ``strict`` and are ignored otherwise; values that are not float32 (int for ``t``) raise.
+        Hyperparameters are not in the state dict: build the optimizer with the saved ``get_config()``.
+        """
+        where = f"{type(self).__name__}.load_state_dict"
+        entries = _state_dict.copies(where, state_dict)
+        with self._lock:
+            counted = (
+                {"t": _step_count(f"{where}: 't'", entries.pop("t"))} if "t" in entries and self._counts_steps else {}
+            )
+            if self._counts_steps and not counted:
+                if strict:
+                    raise ValueError(f"{where}: 't' is missing (pass strict=False to start counting from 0)")
+                counted = {"t": 0}
+            slots = {}
+            for name, value in entries.items():
+                prefix, _, slot = name.rpartition(":")
+                if slot not in self._slot_names or "/" not in prefix:
+                    if strict:
+                        raise ValueError(
+                            f"{where}: {name!r} is not a key of {type(self).__name__}'s state "
+                            f"('layer_{{i}}/{{name}}:{{slot}}' with slot in {self._slot_names}); "
+                            f"pass strict=False to ignore it"
+                        )
+                    continue
+                if value.dtype != STATE_DTYPE:
+                    raise ValueError(
+                        f"{where}: {name!r} has dtype {value.dtype}, but the state is {STATE_DTYPE.__name__}"
+                    )
+                slots[name] = value
+            for by_id in self._slots.values():
+                by_id.clear()  # the same dicts: params hands them out
+            self._written.clear()
+            vars(self).update(_device=None, _names=None, _pending=_state_dict.Pending(slots, strict), **counted)
 
     @staticmethod
     def _seed_regularization(value: Any) -> str | None:

@@ -44,16 +44,18 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mpnn_opt import checkpoint
 from mpnn_opt.base import GradientTransformation, apply_updates
 from mpnn_opt.compiler_options import cpu_compiler_options
 from mpnn_opt.hyperparams import with_hyperparam
-from mpnn_opt.optimizers import _staging
+from mpnn_opt.optimizers import _staging, _state_dict
 
 __all__ = ["Transform"]
 
@@ -167,6 +169,7 @@ class Transform:
         self._state: Any = None
         self._layout: _staging.Layout | None = None  # the layout the state was checked against
         self._host: tuple | None = None  # (layout, params buffers, grads buffers, init, update)
+        self._pending: _state_dict.Pending | None = None  # load_state_dict's entries, for the next step
 
     @property
     def transform(self) -> Any:
@@ -188,15 +191,17 @@ class Transform:
         """
         with self._lock:
             if state is None or self._state is None:
-                vars(self).update(_state=state, _layout=None)
+                vars(self).update(_state=state, _layout=None, _pending=None)
                 return
             current = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype), self._state)
             try:
                 checked = _on_device(state, current)
             except ValueError:
-                vars(self).update(_state=state, _layout=None)  # another model's: checked at the next step
+                vars(self).update(
+                    _state=state, _layout=None, _pending=None
+                )  # another model's: checked at the next step
                 return
-            self._state = checked
+            vars(self).update(_state=checked, _pending=None)
 
     def set_hyperparameter(self, name: str, value: float) -> None:
         """Sets an injected hyperparameter for the next steps: ``state = with_hyperparam(state, name, value)``.
@@ -221,7 +226,7 @@ class Transform:
                 params, _, init, _ = self._buffers(layout)
                 _staging.stage(entries, layout, params, "param")
                 state = init(params)
-            vars(self).update(_state=state, _layout=layout)
+            vars(self).update(_state=state, _layout=layout, _pending=None)
             return state
 
     def step(self, layers: list) -> None:
@@ -246,7 +251,7 @@ class Transform:
                 except Exception as error:
                     raise RuntimeError(f"Transform.step failed and changed no layer: {error}") from error
             # the commit is one C call: no signal handler or exception can run half-way through it
-            committed = {"_state": new_state, "_layout": layout}
+            committed = {"_state": new_state, "_layout": layout, "_pending": None}
             _staging.write_back(entries, layout, new_params, params, functools.partial(vars(self).update, committed))
 
     def _entries(self, layers: list) -> list[_staging.Entry]:
@@ -267,11 +272,54 @@ class Transform:
 
     def _live_state(self, layout: _staging.Layout, params: dict, init: Any) -> Any:
         """The state for this step, not yet committed: the live one, a checked assigned one, or a fresh one."""
+        if self._pending is not None:
+            return self._loaded(self._pending, init(params))
         if self._state is None:
             return init(params)
         if self._layout == layout:
             return self._state
         return _on_device(self._state, jax.eval_shape(init, params))
+
+    def _loaded(self, pending: _state_dict.Pending, template: Any) -> Any:
+        """``template`` (``tx.init`` of this step's parameters) with the loaded entries; ``ValueError`` naming the keys that do not fit."""
+        expected = {name: tuple(leaf.shape) for name, leaf in checkpoint.state_dict(template).items()}
+        _state_dict.unmatched("Transform.step", pending, expected)
+        state, report = checkpoint.load_state_dict(template, pending.entries, strict=False)
+        if report.mismatched:  # shapes were checked above: another dtype
+            raise ValueError(
+                "Transform.step: the loaded state does not fit this model's parameters; nothing was changed:\n  "
+                + "\n  ".join(f"{name!r}: {report.reasons[name]}" for name in report.mismatched)
+            )
+        return state
+
+    # --- torch's state_dict -----------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """The state as ``{key: NumPy copy}``, keyed by :func:`mpnn_opt.checkpoint.state_dict` over ``{"layer_{i}": {name}}``.
+
+        E.g. ``"layer_0/weights:scale_by_adam.momentums"``, ``"scale_by_adam.count"``; injected
+        hyperparameters are state (``"inject_hyperparams.hyperparams.learning_rate"``). ``{}`` before
+        the first step; loaded entries not yet used by a step are returned as loaded.
+        """
+        with self._lock:
+            if self._pending is not None:
+                return {name: value.copy() for name, value in self._pending.entries.items()}
+            if self._state is None:
+                return {}
+            return {name: np.array(value) for name, value in checkpoint.state_dict(self._state).items()}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> None:
+        """Replaces the state with ``state_dict`` (from :meth:`state_dict`), matched by key at the next ``step``.
+
+        The entries are copied and kept (:attr:`state` is None meanwhile); the next ``step`` loads them
+        into ``tx.init`` of the layers' parameters with :func:`mpnn_opt.checkpoint.load_state_dict`. It
+        raises ``ValueError`` naming the keys whose shape or dtype differs and, with ``strict=True``,
+        those that are for no state of this model and the state entries without one; it then changes
+        nothing. ``strict=False`` ignores unknown keys and keeps ``tx.init``'s values for missing ones.
+        """
+        entries = _state_dict.copies("Transform.load_state_dict", state_dict)
+        with self._lock:
+            vars(self).update(_state=None, _layout=None, _pending=_state_dict.Pending(entries, strict))
 
     # --- the seed's surface -----------------------------------------------------------------------
 
