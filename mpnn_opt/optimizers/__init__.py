@@ -5,7 +5,9 @@ The classes live in :mod:`mpnn_opt.optimizers._adapter` (its docstring states th
 differences from mpneuralnetwork), the staging of a model's arrays into flat buffers in
 :mod:`mpnn_opt.optimizers._staging`. :class:`Transform` puts any gradient transformation (mpnn_opt's or
 optax's) behind the same API, with the transformation's own state; see
-:mod:`mpnn_opt.optimizers._transform`, which also says how to checkpoint and resume it.
+:mod:`mpnn_opt.optimizers._transform`, which also says how to checkpoint and resume it. Every class has
+torch's ``state_dict()`` / ``load_state_dict()``, keyed by layer position and parameter name
+(:mod:`mpnn_opt.optimizers._state_dict`).
 """
 
 from __future__ import annotations

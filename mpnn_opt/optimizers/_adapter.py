@@ -19,6 +19,10 @@ Hyperparameters enter the compiled function as traced arguments, so assigning
 ``optimizer.learning_rate`` (or any other hyperparameter) between steps takes effect without
 recompiling; changing ``regularization``, or the set or shapes of the parameters, compiles once more.
 
+``state_dict()`` and ``load_state_dict(state_dict, strict=True)`` are torch's: the state keyed by layer
+position and parameter name (``"layer_0/weights:velocities"``, and ``"t"``), so a model rebuilt in a
+new process, whose arrays have new ids, resumes bit for bit; see :mod:`mpnn_opt.optimizers._state_dict`.
+
 For any other transformation (optax's, chains, schedules, clipping) use
 :class:`mpnn_opt.optimizers.Transform`: the same ``step(layers)`` and guarantees, with the
 transformation's own state keyed by parameter name; the three classes here keep the seed's state

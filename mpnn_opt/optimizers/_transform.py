@@ -22,7 +22,11 @@ another structure than ``tx.init`` gives for the model's parameters is refused a
 
 Checkpointing: ``serialization.load_model`` rebuilds optimizers by class name from mpneuralnetwork's own
 module, and :meth:`Transform.get_config` holds no transformation it could rebuild. Save the model's
-weights as usual (``model.get_weights()`` or ``save_model``) and the state beside them, e.g.
+weights as usual (``model.get_weights()`` or ``save_model``) and the state beside them:
+``numpy.savez(path, **optimizer.state_dict())``, keyed by name as :mod:`mpnn_opt.checkpoint` keys it;
+to resume, build the same ``Transform`` and call ``optimizer.load_state_dict(dict(np.load(path)))``
+before the first step, which matches the entries to the layers' parameters (see
+:mod:`mpnn_opt.optimizers._state_dict`). Or save the state tree itself, e.g.
 ``flax.serialization.to_bytes(optimizer.state)``; to resume, build the same ``Transform``, then
 ``optimizer.state = flax.serialization.from_bytes(optimizer.init(model.layers), data)``
 (:meth:`Transform.init` gives the template). ``numpy.savez`` of ``jax.tree.leaves(optimizer.state)``
