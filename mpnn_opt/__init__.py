@@ -15,6 +15,7 @@ from mpnn_opt.compiler_options import cpu_compiler_options
 from mpnn_opt.hyperparams import inject_hyperparams, read_value, with_hyperparam
 from mpnn_opt.masking import freeze, masked, partition, path_mask
 from mpnn_opt.packed import Packed, pack, regularized_mask, unpack
+from mpnn_opt.precision import apply_updates_stochastic, master_weights
 from mpnn_opt.regularization import add_decayed_weights, add_decoupled_weight_decay, add_regularization, default_mask
 from mpnn_opt.sharding import per_device_nbytes, state_shardings
 from mpnn_opt.transforms import (
@@ -44,6 +45,7 @@ __all__ = [
     "add_decoupled_weight_decay",
     "add_regularization",
     "apply_updates",
+    "apply_updates_stochastic",
     "chain",
     "checkpoint",
     "clip",
@@ -58,6 +60,7 @@ __all__ = [
     "inject_hyperparams",
     "lion",
     "masked",
+    "master_weights",
     "momentum_velocity",
     "nadam",
     "pack",
