@@ -15,7 +15,7 @@ from mpnn_opt.compiler_options import cpu_compiler_options
 from mpnn_opt.hyperparams import inject_hyperparams, read_value, with_hyperparam
 from mpnn_opt.masking import freeze, masked, partition, path_mask
 from mpnn_opt.packed import Packed, pack, regularized_mask, unpack
-from mpnn_opt.precision import apply_updates_stochastic, master_weights
+from mpnn_opt.precision import apply_updates_stochastic, master_weights, scale_by_adam_8bit
 from mpnn_opt.regularization import add_decayed_weights, add_decoupled_weight_decay, add_regularization, default_mask
 from mpnn_opt.sharding import per_device_nbytes, state_shardings
 from mpnn_opt.transforms import (
@@ -74,6 +74,7 @@ __all__ = [
     "rms_step",
     "rmsprop",
     "scale_by_adam",
+    "scale_by_adam_8bit",
     "scale_by_centered_rms",
     "scale_by_learning_rate",
     "scale_by_lion",

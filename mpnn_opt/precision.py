@@ -10,6 +10,9 @@ keeps falling. Two remedies (see ``docs/low-precision.md``):
 * :func:`apply_updates_stochastic` adds the updates with stochastic rounding: the sum is rounded
   up or down at random with the probabilities that make its expected value the exact sum, so
   small steps survive on average. No extra memory; it needs a PRNG key per step.
+
+And for the state: :func:`scale_by_adam_8bit` keeps Adam's two moments in 8 bits per value with a
+float32 scale per block of 256 (about 2.03 bytes a parameter instead of 8).
 """
 
 from __future__ import annotations
@@ -19,10 +22,27 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from mpnn_opt._tree import as_arrays, check_float_leaves, check_same_structure, check_state, compute_dtype, tree_map
+from mpnn_opt import _checks
+from mpnn_opt._numerics import bias_correction, safe_epsilon, safe_increment, safe_sqrt, zero_count
+from mpnn_opt._tree import (
+    as_arrays,
+    check_float_leaves,
+    check_same_structure,
+    check_state,
+    compute_dtype,
+    tree_map,
+    unzip,
+)
 from mpnn_opt.base import AnyTransformation, GradientTransformation, Params, Updates, apply_updates, with_extra_args
 
-__all__ = ["MasterWeightsState", "master_weights", "apply_updates_stochastic"]
+__all__ = [
+    "MasterWeightsState",
+    "master_weights",
+    "apply_updates_stochastic",
+    "QuantizedBlocks",
+    "ScaleByAdam8bitState",
+    "scale_by_adam_8bit",
+]
 
 
 class MasterWeightsState(NamedTuple):
@@ -120,3 +140,97 @@ def apply_updates_stochastic(params: Params, updates: Updates, key: jax.Array) -
         return _stochastic_round(total, p.dtype, leaf_key)
 
     return tree_map(add, params, updates, key_tree)
+
+
+BLOCK_SIZE = 256
+
+
+class QuantizedBlocks(NamedTuple):
+    """One tensor in 8 bits: the flattened values, zero-padded to whole blocks of 256, one float32 scale a block."""
+
+    values: jax.Array  # (blocks, 256) int8 (signed, first moment) or uint8 (square root of the second moment)
+    scales: jax.Array  # (blocks,) float32, each block's largest magnitude
+
+
+def _blocks(x: jax.Array) -> jax.Array:
+    flat = x.reshape(-1)
+    return jnp.pad(flat, (0, -flat.size % BLOCK_SIZE)).reshape(-1, BLOCK_SIZE)
+
+
+def _unblock(blocks: jax.Array, like: jax.Array) -> jax.Array:
+    return blocks.reshape(-1)[: like.size].reshape(like.shape)
+
+
+def _quantize(x: jax.Array, signed: bool) -> QuantizedBlocks:
+    blocks = _blocks(x)
+    scales = jnp.max(jnp.abs(blocks), axis=1)
+    levels = 127.0 if signed else 255.0
+    ratio = blocks / jnp.where(scales > 0, scales, 1.0)[:, None] * levels
+    # nearest level; a nonzero sqrt(v) reads back as at least one level, never 0 (rounding up would
+    # ratchet: v's decay per step, 0.05% at beta2 = 0.999, is far below one level)
+    q = jnp.round(ratio) if signed else jnp.where(ratio > 0, jnp.maximum(jnp.round(ratio), 1.0), 0.0)
+    return QuantizedBlocks(q.astype(jnp.int8 if signed else jnp.uint8), scales)
+
+
+def _dequantize(q: QuantizedBlocks, like: jax.Array, signed: bool) -> jax.Array:
+    levels = 127.0 if signed else 255.0
+    return _unblock(q.values.astype(jnp.float32) * (q.scales / levels)[:, None], like)
+
+
+class ScaleByAdam8bitState(NamedTuple):
+    """The state of :func:`scale_by_adam_8bit`."""
+
+    count: jax.Array  # int32 steps taken
+    momentums: Any  # QuantizedBlocks of m (int8), mirrors params
+    root_velocities: Any  # QuantizedBlocks of sqrt(v) (uint8), mirrors params
+
+
+def scale_by_adam_8bit(beta1: float = 0.9, beta2: float = 0.999, epsilon: float = 1e-8) -> GradientTransformation:
+    """:func:`mpnn_opt.transforms.scale_by_adam` with both moments stored in 8 bits, block-wise.
+
+    Each tensor is flattened and cut into blocks of 256 values (the last one zero-padded), each with
+    a float32 scale ``s`` (the block's largest magnitude):
+
+    * ``m`` as int8: ``q = round(127 * m / s)``, read back as ``m = q * s / 127``;
+    * ``v`` through its square root, as uint8: ``q = ceil(255 * sqrt(v) / s)`` with ``s = max sqrt(v)``,
+      read back as ``v = (q * s / 255)^2``. The root halves v's dynamic range (a block spans 255 levels
+      of sqrt(v), i.e. 65,025 of v), and rounding up means a nonzero ``v`` never reads back as 0, so
+      ``m / sqrt(v)`` cannot blow up: small values are over-estimated, which only shortens their step.
+
+    Each step dequantizes both moments, runs Adam's recursion and direction in float32 (the direction
+    uses the float32 ``m_t``, ``v_t``, before they are requantized) and requantizes. The state is
+    ``1 + 1`` bytes a value plus ``2 * 4 / 256`` for the scales: 2.03 bytes a parameter for tensors of
+    a multiple of 256 values (padding costs more on small ones), against 8 for float32 moments.
+    """
+    _checks.in_unit_interval("beta1", beta1)
+    _checks.in_unit_interval("beta2", beta2)
+    _checks.positive("epsilon", epsilon)
+
+    def init_fn(params: Params) -> ScaleByAdam8bitState:
+        check_float_leaves(params, "params")
+        zeros = tree_map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params)
+        return ScaleByAdam8bitState(
+            zero_count(), tree_map(lambda z: _quantize(z, True), zeros), tree_map(lambda z: _quantize(z, False), zeros)
+        )
+
+    def update_fn(updates: Updates, state: ScaleByAdam8bitState, params: Params | None = None):
+        del params
+        check_state(state, ScaleByAdam8bitState, "scale_by_adam_8bit")
+        check_float_leaves(updates, "updates")
+        updates = as_arrays(updates)
+        count = safe_increment(state.count)
+        bc1 = bias_correction(beta1, count, jnp.float32)
+        sqrt_bc2 = jnp.sqrt(bias_correction(beta2, count, jnp.float32))
+
+        def step(g, m_q, r_q):
+            g32 = g.astype(jnp.float32)
+            m = beta1 * _dequantize(m_q, g32, True) + (1 - beta1) * g32
+            v = beta2 * jnp.square(_dequantize(r_q, g32, False)) + (1 - beta2) * jnp.square(g32)
+            direction = (m / bc1) / (safe_sqrt(v) / sqrt_bc2 + safe_epsilon(epsilon, jnp.float32))
+            return direction.astype(g.dtype), _quantize(m, True), _quantize(safe_sqrt(v), False)
+
+        out = tree_map(step, updates, state.momentums, state.root_velocities)
+        new_updates, momentums, roots = unzip(updates, out, 3)
+        return new_updates, ScaleByAdam8bitState(count, momentums, roots)
+
+    return GradientTransformation(init_fn, update_fn)
