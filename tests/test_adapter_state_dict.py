@@ -173,6 +173,9 @@ def test_transform_keys_its_state_with_the_checkpoint_keys_of_the_layer_tree():
     assert set(state) == moments | {"scale_by_adam.count"}  # clip_by_global_norm keeps no state
     assert state["scale_by_adam.count"] == 4
     assert all(isinstance(value, np.ndarray) for value in state.values())
+    state["layer_0/kernels:scale_by_adam.momentums"] += 1.0  # a writable copy
+    again = model.optimizer.state_dict()["layer_0/kernels:scale_by_adam.momentums"]
+    assert not np.array_equal(state["layer_0/kernels:scale_by_adam.momentums"], again)
 
 
 def test_an_optimizer_that_has_not_stepped_has_an_empty_state_dict_but_adams_count():
@@ -225,6 +228,18 @@ def test_an_entry_of_another_shape_raises_at_the_step_naming_the_key_and_changes
     assert state.keys() == saved.keys()
     for key, value in saved.items():
         np.testing.assert_array_equal(state[key], value)
+
+
+@pytest.mark.parametrize("kind", ["Adam", "Transform"])
+def test_load_state_dict_copies_the_entries(kind, rng):
+    saved = _trained_state(kind, rng)
+    kept = {key: value.copy() for key, value in saved.items()}
+    optimizer = _optimizer(kind)
+    optimizer.load_state_dict(saved)
+
+    saved[MOMENT[kind]][...] = 0.0  # the caller's arrays change after the load
+
+    np.testing.assert_array_equal(optimizer.state_dict()[MOMENT[kind]], kept[MOMENT[kind]])
 
 
 UNKNOWN = {"Adam": "layer_9/weights:momentums", "Transform": "layer_9/weights:scale_by_adam.momentums"}
@@ -338,3 +353,13 @@ def test_the_state_dict_of_a_seed_adam_converted_with_from_seed_continues_like_t
         for name, expected in leaves.items():
             assert relative_error(resumed_params[key][name], expected) <= 2e-6, (key, name)
     assert resumed.t == oracle.t == 6
+
+
+def test_transform_refuses_an_entry_of_another_dtype_naming_it(rng):
+    saved = _trained_state("Transform", rng)
+    saved["scale_by_adam.count"] = saved["scale_by_adam.count"].astype(np.int64)  # the state's count is int32
+    optimizer = _optimizer("Transform")
+    optimizer.load_state_dict(saved)
+
+    with pytest.raises(ValueError, match="'scale_by_adam.count': saved int64\\[\\], template int32\\[\\]"):
+        optimizer.step(_layers(rng, random_tree(rng, SHAPES)))

@@ -650,33 +650,33 @@ class Optimizer:
         where = f"{type(self).__name__}.load_state_dict"
         entries = _state_dict.copies(where, state_dict)
         with self._lock:
-            counted = (
-                {"t": _step_count(f"{where}: 't'", entries.pop("t"))} if "t" in entries and self._counts_steps else {}
-            )
-            if self._counts_steps and not counted:
-                if strict:
+            counted = {}
+            if self._counts_steps:
+                if strict and "t" not in entries:
                     raise ValueError(f"{where}: 't' is missing (pass strict=False to start counting from 0)")
-                counted = {"t": 0}
-            slots = {}
-            for name, value in entries.items():
-                prefix, _, slot = name.rpartition(":")
-                if slot not in self._slot_names or "/" not in prefix:
-                    if strict:
-                        raise ValueError(
-                            f"{where}: {name!r} is not a key of {type(self).__name__}'s state "
-                            f"('layer_{{i}}/{{name}}:{{slot}}' with slot in {self._slot_names}); "
-                            f"pass strict=False to ignore it"
-                        )
-                    continue
-                if value.dtype != STATE_DTYPE:
-                    raise ValueError(
-                        f"{where}: {name!r} has dtype {value.dtype}, but the state is {STATE_DTYPE.__name__}"
-                    )
-                slots[name] = value
+                counted["t"] = _step_count(f"{where}: 't'", entries.pop("t", 0))
+            slots = self._slot_entries(where, entries, strict)
             for by_id in self._slots.values():
                 by_id.clear()  # the same dicts: params hands them out
             self._written.clear()
             vars(self).update(_device=None, _names=None, _pending=_state_dict.Pending(slots, strict), **counted)
+
+    def _slot_entries(self, where: str, entries: dict[str, np.ndarray], strict: bool) -> dict[str, np.ndarray]:
+        """The entries keyed ``"layer_{i}/{name}:{slot}"`` with one of this class's slots; others raise (``strict``) or are left out."""
+        slots = {}
+        for name, value in entries.items():
+            prefix, _, slot = name.rpartition(":")
+            if slot not in self._slot_names or "/" not in prefix:
+                if strict:
+                    raise ValueError(
+                        f"{where}: {name!r} is not a key of {type(self).__name__}'s state "
+                        f"('layer_{{i}}/{{name}}:{{slot}}' with slot in {self._slot_names}); pass strict=False to ignore it"
+                    )
+                continue
+            if value.dtype != STATE_DTYPE:
+                raise ValueError(f"{where}: {name!r} has dtype {value.dtype}, but the state is {STATE_DTYPE.__name__}")
+            slots[name] = value
+        return slots
 
     @staticmethod
     def _seed_regularization(value: Any) -> str | None:
