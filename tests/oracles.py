@@ -101,3 +101,24 @@ def counting_step(tx):
         return mpnn_opt.apply_updates(params, updates), state
 
     return step, traces
+
+
+def seed_model(optimizer, init_seed: int = 0):
+    """Convolutional, Dense, BatchNormalization and Dropout layers, initialized from ``init_seed``."""
+    from mpneuralnetwork.activations import ReLU
+    from mpneuralnetwork.layers import BatchNormalization, Convolutional, Dense, Dropout, Flatten
+    from mpneuralnetwork.losses import MSE
+    from mpneuralnetwork.model import Model
+
+    np.random.seed(init_seed)
+    layers = [
+        Convolutional(2, 3, input_shape=(1, 6, 6)),
+        ReLU(),
+        Flatten(),
+        Dense(12),
+        BatchNormalization(),
+        ReLU(),
+        Dropout(0.25),
+        Dense(3),
+    ]
+    return Model(layers, MSE(), optimizer=optimizer)

@@ -17,14 +17,11 @@ import numpy as np
 import pytest
 from mpneuralnetwork import optimizers as seed
 from mpneuralnetwork import serialization
-from mpneuralnetwork.activations import ReLU
-from mpneuralnetwork.layers import BatchNormalization, Convolutional, Dense, Dropout, Flatten
-from mpneuralnetwork.losses import MSE
 from mpneuralnetwork.model import Model
 
 import mpnn_opt
 from mpnn_opt.optimizers import SGD, Adam, RMSprop, Transform
-from oracles import SeedLayer, random_tree, relative_error
+from oracles import SeedLayer, random_tree, relative_error, seed_model
 
 SETTINGS = {
     "SGD": dict(learning_rate=0.05, weight_decay=0.01, momentum=0.9),
@@ -50,20 +47,7 @@ def _optimizer(kind: str):
     return {"SGD": SGD, "RMSprop": RMSprop, "Adam": Adam}[kind](**SETTINGS[kind])
 
 
-def _model(optimizer, init_seed: int = 0) -> Model:
-    """Convolutional, Dense, BatchNormalization and Dropout layers, initialized from ``init_seed``."""
-    np.random.seed(init_seed)
-    layers = [
-        Convolutional(2, 3, input_shape=(1, 6, 6)),
-        ReLU(),
-        Flatten(),
-        Dense(12),
-        BatchNormalization(),
-        ReLU(),
-        Dropout(0.25),
-        Dense(3),
-    ]
-    return Model(layers, MSE(), optimizer=optimizer)
+_model = seed_model  # the shared test model (tests/oracles.py)
 
 
 def _train(model: Model, epochs: int, rng_state: tuple) -> None:

@@ -14,13 +14,10 @@ import numpy as np
 import pytest
 from mpneuralnetwork import optimizers as seed
 from mpneuralnetwork import serialization
-from mpneuralnetwork.activations import ReLU
-from mpneuralnetwork.layers import BatchNormalization, Convolutional, Dense, Dropout, Flatten
-from mpneuralnetwork.losses import MSE
 from mpneuralnetwork.model import Model
 
 from mpnn_opt.optimizers import _adapter as ours
-from oracles import SeedLayer, random_tree, relative_error
+from oracles import SeedLayer, random_tree, relative_error, seed_model
 
 CLASSES = ("SGD", "RMSprop", "Adam")
 SETTINGS = {
@@ -41,20 +38,7 @@ def _pair(name: str, mode: str | None) -> tuple:
     return getattr(ours, name)(**settings, regularization=mode), getattr(seed, name)(**settings, regularization=mode)
 
 
-def _model(optimizer, init_seed: int = 0) -> Model:
-    """Convolutional, Dense, BatchNormalization and Dropout layers, initialized from ``init_seed``."""
-    np.random.seed(init_seed)
-    layers = [
-        Convolutional(2, 3, input_shape=(1, 6, 6)),
-        ReLU(),
-        Flatten(),
-        Dense(12),
-        BatchNormalization(),
-        ReLU(),
-        Dropout(0.25),
-        Dense(3),
-    ]
-    return Model(layers, MSE(), optimizer=optimizer)
+_model = seed_model  # the shared test model (tests/oracles.py)
 
 
 def _data() -> tuple[np.ndarray, np.ndarray]:

@@ -20,33 +20,17 @@ import optax
 import pytest
 from mpneuralnetwork import optimizers as seed
 from mpneuralnetwork import serialization
-from mpneuralnetwork.activations import ReLU
-from mpneuralnetwork.layers import BatchNormalization, Convolutional, Dense, Dropout, Flatten
-from mpneuralnetwork.losses import MSE
 from mpneuralnetwork.model import Model
 
 import mpnn_opt
 from mpnn_opt.optimizers import Adam, Transform, _staging, _transform
-from oracles import SeedLayer, random_tree, relative_error, run_transform
+from oracles import SeedLayer, random_tree, relative_error, run_transform, seed_model
 
 ADAM: dict[str, Any] = dict(learning_rate=0.01, weight_decay=0.02, beta1=0.8, beta2=0.99, epsilon=1e-7)
 SMALL = {"dense": {"weights": (6, 5), "biases": (1, 5)}, "norm": {"gamma": (1, 5), "beta": (1, 5)}}
 
 
-def _model(optimizer, init_seed: int = 0) -> Model:
-    """Convolutional, Dense, BatchNormalization and Dropout layers, initialized from ``init_seed``."""
-    np.random.seed(init_seed)
-    layers = [
-        Convolutional(2, 3, input_shape=(1, 6, 6)),
-        ReLU(),
-        Flatten(),
-        Dense(12),
-        BatchNormalization(),
-        ReLU(),
-        Dropout(0.25),
-        Dense(3),
-    ]
-    return Model(layers, MSE(), optimizer=optimizer)
+_model = seed_model  # the shared test model (tests/oracles.py)
 
 
 def _train(model: Model, epochs: int, rng_state: Any = None) -> None:
