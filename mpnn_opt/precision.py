@@ -192,10 +192,12 @@ def scale_by_adam_8bit(beta1: float = 0.9, beta2: float = 0.999, epsilon: float 
     a float32 scale ``s`` (the block's largest magnitude):
 
     * ``m`` as int8: ``q = round(127 * m / s)``, read back as ``m = q * s / 127``;
-    * ``v`` through its square root, as uint8: ``q = ceil(255 * sqrt(v) / s)`` with ``s = max sqrt(v)``,
-      read back as ``v = (q * s / 255)^2``. The root halves v's dynamic range (a block spans 255 levels
-      of sqrt(v), i.e. 65,025 of v), and rounding up means a nonzero ``v`` never reads back as 0, so
-      ``m / sqrt(v)`` cannot blow up: small values are over-estimated, which only shortens their step.
+    * ``v`` through its square root, as uint8: ``q = max(round(255 * sqrt(v) / s), 1)`` where ``v > 0``
+      (``q = 0`` where ``v = 0``), with ``s = max sqrt(v)``, read back as ``v = (q * s / 255)^2``. The
+      root halves v's dynamic range (a block spans 255 levels of sqrt(v), i.e. 65,025 of v), and the
+      one-level floor means a nonzero ``v`` never reads back as 0, so ``m / sqrt(v)`` cannot blow up:
+      the smallest values are over-estimated, which only shortens their step. Rounding every value up
+      instead would ratchet: ``v``'s decay per step (0.05% at ``beta2 = 0.999``) is below one level.
 
     Each step dequantizes both moments, runs Adam's recursion and direction in float32 (the direction
     uses the float32 ``m_t``, ``v_t``, before they are requantized) and requantizes. The state is
