@@ -256,11 +256,7 @@ def with_hyperparam(state: OptState, name: str, value: float) -> OptState:
         if not remaining:
             return replaced
         key = remaining[0]
-        child = dict(_children_by_key(node))[key]
+        child = next(child for _, child_key, child in _children(node) if child_key == key)
         return _with_child(node, key, rebuild(child, remaining[1:]))
 
     return rebuild(state, keys)
-
-
-def _children_by_key(node: Any) -> list[tuple[Any, Any]]:
-    return [(key, child) for _, key, child in _children(node)]
