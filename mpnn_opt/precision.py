@@ -12,15 +12,18 @@ keeps falling. Two remedies (see ``docs/low-precision.md``):
   small steps survive on average. No extra memory; it needs a PRNG key per step.
 
 And for the state: :func:`scale_by_adam_8bit` keeps Adam's two moments in 8 bits per value with a
-float32 scale per block of 256 (about 2.03 bytes a parameter instead of 8).
+float32 scale per block of up to 256 values along each tensor's last axis (about 2.03 bytes a
+parameter instead of 8; a tensor sharded on its leading axes keeps that sharding).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec
 
 from mpnn_opt import _checks
 from mpnn_opt._numerics import bias_correction, safe_epsilon, safe_increment, safe_sqrt, zero_count
@@ -142,30 +145,72 @@ def apply_updates_stochastic(params: Params, updates: Updates, key: jax.Array) -
     return tree_map(add, params, updates, key_tree)
 
 
-BLOCK_SIZE = 256
+BLOCK_SIZE = 256  # the default block_size of scale_by_adam_8bit
 
 
 class QuantizedBlocks(NamedTuple):
-    """One tensor in 8 bits: the flattened values, zero-padded to whole blocks of 256, one float32 scale a block."""
+    """One tensor in 8 bits, in blocks along its trailing axes (see :func:`scale_by_adam_8bit`)."""
 
-    values: jax.Array  # (blocks, 256) int8 (signed, first moment) or uint8 (square root of the second moment)
-    scales: jax.Array  # (blocks,) float32, each block's largest magnitude
+    values: jax.Array  # shape[:k] + (blocks, length): int8 (m) or uint8 (sqrt(v)), the padding zeros
+    scales: jax.Array  # shape[:k] + (blocks,) float32, each block's largest magnitude
 
 
-def _blocks(x: jax.Array) -> jax.Array:
-    flat = x.reshape(-1)
-    return jnp.pad(flat, (0, -flat.size % BLOCK_SIZE)).reshape(-1, BLOCK_SIZE)
+def _layout(shape: tuple[int, ...], block_size: int) -> tuple[int, int, int]:
+    """``(k, blocks, length)``: the blocks run along ``shape[k:]`` merged into one axis of ``n`` values, with
+    ``k`` the largest index for which ``n >= block_size`` (0 when the whole tensor is smaller);
+    ``length = ceil(n / ceil(n / block_size)) <= block_size`` and ``blocks = ceil(n / length)``."""
+    k, n = len(shape), 1
+    while k > 0 and n < block_size:
+        k -= 1
+        n *= shape[k]
+    length = max(-(-n // max(-(-n // block_size), 1)), 1)
+    return k, max(-(-n // length), 1), length
+
+
+def _shards(entry: Any, mesh: Any) -> int:
+    names = entry if isinstance(entry, tuple) else (entry,)
+    return math.prod(mesh.shape[name] for name in names if name is not None)
+
+
+def _within_shards(x: jax.Array, k: int, length: int) -> jax.Array:
+    """``x``, resharded where its blocks would cross the shards of an explicit-sharding mesh.
+
+    The blocks split ``shape[k:]``: they stay within shards when ``shape[k+1:]`` is unsharded and each
+    shard of axis ``k`` holds a whole number of blocks. Otherwise those axes are made replicated (an
+    all-gather of this tensor inside the update). On Auto meshes and one device the spec is all None.
+    """
+    sharding = jax.typeof(x).sharding
+    spec = tuple(sharding.spec) + (None,) * (x.ndim - len(tuple(sharding.spec)))
+    if all(entry is None for entry in spec[k:]):
+        return x
+    shards = _shards(spec[k], sharding.mesh) if k < x.ndim else 1
+    per_shard, rest = divmod(math.prod(x.shape[k:]), shards)
+    if all(entry is None for entry in spec[k + 1 :]) and rest == 0 and per_shard % length == 0:
+        return x
+    return jax.sharding.reshard(x, NamedSharding(sharding.mesh, PartitionSpec(*spec[:k])))
+
+
+def _blocks(x: jax.Array, block_size: int) -> jax.Array:
+    k, blocks, length = _layout(x.shape, block_size)
+    merged = _within_shards(x, k, length).reshape(x.shape[:k] + (-1,))
+    padding = [(0, 0)] * k + [(0, blocks * length - merged.shape[-1])]
+    return jnp.pad(merged, padding).reshape(x.shape[:k] + (blocks, length))
 
 
 def _unblock(blocks: jax.Array, like: jax.Array) -> jax.Array:
-    return blocks.reshape(-1)[: like.size].reshape(like.shape)
+    k = blocks.ndim - 2
+    merged = blocks.reshape(blocks.shape[:k] + (-1,))[..., : math.prod(like.shape[k:])].reshape(like.shape)
+    wanted = jax.typeof(like).sharding
+    if jax.typeof(merged).sharding.spec == wanted.spec:
+        return merged
+    return jax.sharding.reshard(merged, wanted)  # back from _within_shards' replicated axes: a local slice
 
 
-def _quantize(x: jax.Array, signed: bool) -> QuantizedBlocks:
-    blocks = _blocks(x)
-    scales = jnp.max(jnp.abs(blocks), axis=1)
+def _quantize(x: jax.Array, signed: bool, block_size: int) -> QuantizedBlocks:
+    blocks = _blocks(x, block_size)
+    scales = jnp.max(jnp.abs(blocks), axis=-1)
     levels = 127.0 if signed else 255.0
-    ratio = blocks / jnp.where(scales > 0, scales, 1.0)[:, None] * levels
+    ratio = blocks / jnp.where(scales > 0, scales, 1.0)[..., None] * levels
     # nearest level; a nonzero sqrt(v) reads back as at least one level, never 0 (rounding up would
     # ratchet: v's decay per step, 0.05% at beta2 = 0.999, is far below one level)
     q = jnp.round(ratio) if signed else jnp.where(ratio > 0, jnp.maximum(jnp.round(ratio), 1.0), 0.0)
@@ -174,7 +219,7 @@ def _quantize(x: jax.Array, signed: bool) -> QuantizedBlocks:
 
 def _dequantize(q: QuantizedBlocks, like: jax.Array, signed: bool) -> jax.Array:
     levels = 127.0 if signed else 255.0
-    return _unblock(q.values.astype(jnp.float32) * (q.scales / levels)[:, None], like)
+    return _unblock(q.values.astype(jnp.float32) * (q.scales / levels)[..., None], like)
 
 
 class ScaleByAdam8bitState(NamedTuple):
@@ -185,11 +230,20 @@ class ScaleByAdam8bitState(NamedTuple):
     root_velocities: Any  # QuantizedBlocks of sqrt(v) (uint8), mirrors params
 
 
-def scale_by_adam_8bit(beta1: float = 0.9, beta2: float = 0.999, epsilon: float = 1e-8) -> GradientTransformation:
+def scale_by_adam_8bit(
+    beta1: float = 0.9, beta2: float = 0.999, epsilon: float = 1e-8, *, block_size: int = BLOCK_SIZE
+) -> GradientTransformation:
     """:func:`mpnn_opt.transforms.scale_by_adam` with both moments stored in 8 bits, block-wise.
 
-    Each tensor is flattened and cut into blocks of 256 values (the last one zero-padded), each with
-    a float32 scale ``s`` (the block's largest magnitude):
+    Blocks (``block_size``: a positive int, default 256, the longest block). A tensor of shape ``S`` is
+    blocked along its trailing axes: ``S[k:]`` is read as one axis of ``n = prod(S[k:])`` values, with
+    ``k`` the largest index for which ``n >= block_size`` (``k = ndim - 1``, the last axis alone, whenever
+    that axis has at least ``block_size`` values; ``k = 0``, the tensor flattened, when it has fewer
+    values in all). That axis is cut into ``ceil(n / length)`` blocks of the same ``length =
+    ceil(n / ceil(n / block_size))`` values, the last zero-padded (fewer than ``length`` padding
+    values; ``length = block_size`` whenever ``block_size`` divides ``n``). Each block stores 8-bit
+    values of shape ``S[:k] + (blocks, length)`` and a float32 scale ``s`` (shape ``S[:k] + (blocks,)``),
+    the block's largest magnitude:
 
     * ``m`` as int8: ``q = round(127 * m / s)``, read back as ``m = q * s / 127``;
     * ``v`` through its square root, as uint8: ``q = max(round(255 * sqrt(v) / s), 1)`` where ``v > 0``
@@ -201,18 +255,36 @@ def scale_by_adam_8bit(beta1: float = 0.9, beta2: float = 0.999, epsilon: float 
 
     Each step dequantizes both moments, runs Adam's recursion and direction in float32 (the direction
     uses the float32 ``m_t``, ``v_t``, before they are requantized) and requantizes. The state is
-    ``1 + 1`` bytes a value plus ``2 * 4 / 256`` for the scales: 2.03 bytes a parameter for tensors of
-    a multiple of 256 values (padding costs more on small ones), against 8 for float32 moments.
+    ``1 + 1`` bytes a value plus ``2 * 4 / length`` for the scales: 2.03 bytes a parameter at length
+    256, against 8 for float32 moments (a tensor of fewer than ``block_size`` values pays
+    ``8 / size`` for its one pair of scales).
+
+    Sharding. Blocks never cross the axes ``S[:k]``, so a tensor sharded on any of them keeps that
+    sharding in its state and its update needs no communication. The blocked axis (with the default, the
+    last axis of every tensor whose last axis has at least 256 values) keeps its sharding when no block
+    straddles two shards: the axes after ``k`` are unsharded and each shard's ``n / shards`` values are a
+    multiple of ``length`` (e.g. a last axis of 4096 sharded 8 ways, 512 a shard, at block_size 256).
+    Otherwise, on a mesh with explicit axes (``jax.make_mesh``'s default, under ``jax.set_mesh``), that
+    tensor's moments are computed and stored replicated over the mesh axes of ``S[k:]`` (an all-gather
+    of its gradient each step); pick a ``block_size`` that divides the shard to avoid it. Under explicit
+    axes ``jax.jit(tx.init)(params)`` lays the state out this way by itself; on an Auto mesh pass the same
+    layout as ``out_shardings`` (``values``: the param's spec on ``S[:k+1]``, then ``None``; ``scales``: the
+    spec on ``S[:k+1]``). :func:`mpnn_opt.state_shardings` does not know this layout: it replicates these
+    leaves, which is correct but makes every device hold the whole state and gather the gradients.
     """
     _checks.in_unit_interval("beta1", beta1)
     _checks.in_unit_interval("beta2", beta2)
     _checks.positive("epsilon", epsilon)
+    _checks.integer("block_size", block_size)
+    block_size = int(block_size)
 
     def init_fn(params: Params) -> ScaleByAdam8bitState:
         check_float_leaves(params, "params")
-        zeros = tree_map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params)
+        zeros = tree_map(lambda p: jnp.zeros_like(p, jnp.float32), as_arrays(params))  # keeps an explicit sharding
         return ScaleByAdam8bitState(
-            zero_count(), tree_map(lambda z: _quantize(z, True), zeros), tree_map(lambda z: _quantize(z, False), zeros)
+            zero_count(),
+            tree_map(lambda z: _quantize(z, True, block_size), zeros),
+            tree_map(lambda z: _quantize(z, False, block_size), zeros),
         )
 
     def update_fn(updates: Updates, state: ScaleByAdam8bitState, params: Params | None = None):
@@ -229,7 +301,7 @@ def scale_by_adam_8bit(beta1: float = 0.9, beta2: float = 0.999, epsilon: float 
             m = beta1 * _dequantize(m_q, g32, True) + (1 - beta1) * g32
             v = beta2 * jnp.square(_dequantize(r_q, g32, False)) + (1 - beta2) * jnp.square(g32)
             direction = (m / bc1) / (safe_sqrt(v) / sqrt_bc2 + safe_epsilon(epsilon, jnp.float32))
-            return direction.astype(g.dtype), _quantize(m, True), _quantize(safe_sqrt(v), False)
+            return direction.astype(g.dtype), _quantize(m, True, block_size), _quantize(safe_sqrt(v), False, block_size)
 
         out = tree_map(step, updates, state.momentums, state.root_velocities)
         new_updates, momentums, roots = unzip(updates, out, 3)
