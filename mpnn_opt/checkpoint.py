@@ -47,7 +47,7 @@ import numpy as np
 from mpnn_opt._tree import key_name, parameter_path
 from mpnn_opt.base import OptState
 
-__all__ = ["LoadReport", "load_state_dict", "state_dict", "state_kind"]
+__all__ = ["LoadReport", "load_state_dict", "map_state", "state_dict", "state_kind"]
 
 _NESTED_STATE_FIELDS = ("inner_state",)  # a wrapper's inner state: keyed as if it stood alone
 _SCOPED_STATE_FIELDS = ("inner_states",)  # partition's label -> state: each label is a scope
@@ -124,6 +124,15 @@ def _map_keyed(fn: Callable[[str, Any], Any], state: OptState) -> tuple[Any, lis
     keyer = _Keyer(fn)
     rebuilt = keyer.state(state, "")
     return rebuilt, list(keyer.seen)
+
+
+def map_state(fn: Callable[[str, Any], Any], state: OptState) -> Any:
+    """``state`` with each array replaced by ``fn(key, array)``, the key being :func:`state_dict`'s for it.
+
+    Works on traced states too (inside ``jax.jit``): e.g. setting one value by name,
+    ``map_state(lambda key, x: count if key == "scale_by_adam.count" else x, state)``.
+    """
+    return _map_keyed(fn, state)[0]
 
 
 def state_dict(state: OptState) -> dict[str, jax.Array]:

@@ -16,7 +16,9 @@ from mpneuralnetwork import optimizers as seed
 from mpneuralnetwork import serialization
 from mpneuralnetwork.model import Model
 
+import mpnn_opt
 from mpnn_opt.optimizers import _adapter as ours
+from mpnn_opt.optimizers import _staging, _stepper
 from oracles import SeedLayer, random_tree, relative_error, seed_model
 
 CLASSES = ("SGD", "RMSprop", "Adam")
@@ -174,8 +176,8 @@ def test_changing_hyperparameters_between_steps_takes_effect_without_recompiling
     ours_optimizer, seed_optimizer = _pair(name, "L2")
     _run_both(*_pair(name, "L2"), params0, grads[:1], {})  # compiles for these shapes
     traces = []
-    real_update_tree = ours._update_tree  # the body of the compiled update: it runs once per trace
-    monkeypatch.setattr(ours, "_update_tree", lambda *args: traces.append(1) or real_update_tree(*args))
+    real = ours._SeedProgram.transformation  # called in the body of the compiled update: once per trace
+    monkeypatch.setattr(ours._SeedProgram, "transformation", lambda *args: traces.append(1) or real(*args))
     got, expected = _run_both(ours_optimizer, seed_optimizer, params0, grads, changes)
     assert _tree_error(got, expected) <= 1e-5
     assert traces == []
@@ -318,7 +320,8 @@ def test_a_failure_inside_the_update_changes_no_layer_and_names_the_cause(rng, m
     def failing_update(*_):
         raise FloatingPointError("non-finite value at ['regularized']")
 
-    monkeypatch.setattr(ours, "_compiled_update", lambda *_: failing_update)
+    real = _stepper.compiled
+    monkeypatch.setattr(_stepper, "compiled", lambda *key: real(*key)._replace(update=failing_update))
     with pytest.raises(RuntimeError, match=r"RMSprop.step failed and changed no layer.*\['regularized'\]"):
         optimizer.step([SeedLayer(params[k], grads[k]) for k in params])
     assert _unchanged(params, before)
@@ -357,18 +360,60 @@ def test_step_donates_spare_buffers_not_the_live_state_and_outputs_reuse_their_m
     params = {"weights": rng.standard_normal((4, 3)).astype(np.float32), "bias": np.zeros(3, np.float32)}
     layers = [SeedLayer(params, {k: np.ones_like(v) for k, v in params.items()})]
     optimizer.step(layers)
-    spare, live = optimizer._scratch, optimizer._device.slots
-    addresses = jax.tree.map(lambda buffer: buffer.unsafe_buffer_pointer(), (spare.params, spare.slots))
+    spare, live = optimizer._spare, optimizer._state
+    addresses = jax.tree.map(lambda buffer: buffer.unsafe_buffer_pointer(), (spare.params, spare.state))
     optimizer.step(layers)
-    assert all(buffer.is_deleted() for buffer in jax.tree.leaves((spare.params, spare.slots)))
+    assert all(buffer.is_deleted() for buffer in jax.tree.leaves((spare.params, spare.state)))
     assert not any(buffer.is_deleted() for buffer in jax.tree.leaves(live))
-    assert optimizer._scratch.slots is live  # this step's old state is the next step's spare
+    assert optimizer._spare.state is live  # this step's old state is the next step's spare
     # each output lands in its own donated input (new momentums where the spare momentums were, ...):
     # paired otherwise, XLA must copy buffers around to avoid overwriting what it still reads
-    now = jax.tree.map(
-        lambda buffer: buffer.unsafe_buffer_pointer(), (optimizer._scratch.params, optimizer._device.slots)
-    )
+    now = jax.tree.map(lambda buffer: buffer.unsafe_buffer_pointer(), (optimizer._spare.params, optimizer._state))
     assert now == addresses
+
+
+@pytest.mark.parametrize("name", CLASSES)
+def test_the_live_state_is_the_aliass_own_state_and_params_maps_it_to_the_seeds_names(name, rng):
+    # the classes keep what the alias's init gives on the packed tree; the seed's names exist only in params
+    optimizer = getattr(ours, name)()
+    params = {
+        "weights": rng.standard_normal((4, 3)).astype(np.float32),
+        "bias": rng.standard_normal(3).astype(np.float32),
+    }
+    grads = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in params.items()}
+    layers = [SeedLayer(params, grads)]
+    optimizer.step(layers)
+    packed = {"regularized": np.zeros(12, np.float32), "unregularized": np.zeros(3, np.float32)}
+    alias = type(optimizer)._alias(regularization="L2", mask=_staging.GROUP_MASK, state_dtype=np.float32)
+    expected = jax.eval_shape(alias.init, packed)
+    assert jax.tree.structure(optimizer._state) == jax.tree.structure(expected)
+    arrays = mpnn_opt.checkpoint.state_dict(optimizer._state)
+    for slot, by_id in optimizer.params.items():
+        if slot == "t":
+            assert by_id == 1
+            continue
+        key = optimizer._slot_keys[slot]
+        np.testing.assert_array_equal(by_id[id(params["weights"])].ravel(), arrays[f"regularized:{key}"])
+        np.testing.assert_array_equal(by_id[id(params["bias"])], arrays[f"unregularized:{key}"])
+
+
+@pytest.mark.parametrize(
+    "attribute, value",
+    [
+        ("_slot_keys", {"momentums": "scale_by_adam.mu", "velocities": "scale_by_adam.nu"}),
+        ("_count_key", "scale_by_adam.step"),
+    ],
+)
+def test_a_seed_name_mapped_to_a_key_the_state_lacks_raises_and_changes_nothing(attribute, value, rng, monkeypatch):
+    # a rename in the transforms must not silently start every step from zero state or a wrong count
+    monkeypatch.setattr(ours.Adam, attribute, value)
+    params = {"weights": rng.standard_normal((4, 3)).astype(np.float32)}
+    before = params["weights"].copy()
+    optimizer = ours.Adam()
+    with pytest.raises(RuntimeError, match="scale_by_adam.(mu|step)"):
+        optimizer.step([SeedLayer(params, {"weights": np.ones((4, 3), np.float32)})])
+    np.testing.assert_array_equal(params["weights"], before)
+    assert optimizer.t == 0
 
 
 # --- dispatch ---------------------------------------------------------------------------------------
@@ -405,18 +450,10 @@ def test_step_on_a_small_model_compiles_without_thread_splitting(rng):
     params = {"weights": rng.standard_normal((316, 316)).astype(np.float32), "bias": np.zeros(316, np.float32)}
     layers = [SeedLayer(params, {k: np.ones_like(v) for k, v in params.items()})]
     optimizer.step(layers)
-    (_, sizes), host_params, host_grads, options = optimizer._host
+    layout, host_params, host_grads, options = optimizer._host
     assert dict(options) == {"xla_disable_hlo_passes": "cpu-parallel-task-assigner"}
-    update = ours._compiled_update(ours.Adam._alias, "L2", ours.Adam._slot_names, ours.Adam._hyperparameters, options)
-    scratch = optimizer._scratch
-    arguments = (
-        host_params,
-        host_grads,
-        optimizer._device.slots,
-        scratch.params,
-        scratch.slots,
-        1,
-        optimizer._hyper("float32"),
-    )
+    update = _stepper.compiled(optimizer._program(), layout, options).update
+    spare = optimizer._spare
+    arguments = (host_params, host_grads, optimizer._state, spare.params, spare.state, 1, optimizer._hyper("float32"))
     text = update.lower(*arguments).compile().as_text()
     assert "outer_dimension_partitions" not in text

@@ -23,7 +23,7 @@ from mpneuralnetwork import serialization
 from mpneuralnetwork.model import Model
 
 import mpnn_opt
-from mpnn_opt.optimizers import Adam, Transform, _staging, _transform
+from mpnn_opt.optimizers import Adam, Transform, _staging, _stepper, _transform
 from oracles import SeedLayer, random_tree, relative_error, run_transform, seed_model
 
 ADAM: dict[str, Any] = dict(learning_rate=0.01, weight_decay=0.02, beta1=0.8, beta2=0.99, epsilon=1e-7)
@@ -124,6 +124,27 @@ def test_the_state_is_the_transformations_own_init_structure_over_the_layer_name
     assert optimizer.get_config() == {"type": "Transform"}
 
 
+def test_a_state_handed_out_stays_valid_while_later_steps_reuse_spare_buffers(rng):
+    # steps write their outputs into donated spares (last step's input state); a state read through
+    # Transform.state must never be one of them, or the caller would hold deleted arrays
+    params, grads = random_tree(rng, SMALL), [random_tree(rng, SMALL) for _ in range(4)]
+    optimizer = Transform(mpnn_opt.adam(1e-2))
+    _step_all(optimizer, params, grads[:1])
+    handed_out = optimizer.state
+    copies = jax.tree.map(np.array, handed_out)
+    _step_all(optimizer, params, grads[1:])
+    assert not any(leaf.is_deleted() for leaf in jax.tree.leaves(handed_out))
+    assert _same_state(jax.tree.map(np.asarray, handed_out), copies)
+    # not handed out: the step before last's state was donated, and its memory holds the new state
+    spare = optimizer._spare
+    addresses = [leaf.unsafe_buffer_pointer() for leaf in jax.tree.leaves(spare.state)]
+    _step_all(optimizer, params, grads[:1])
+    assert all(leaf.is_deleted() for leaf in jax.tree.leaves(spare.state))
+    assert sorted(leaf.unsafe_buffer_pointer() for leaf in jax.tree.leaves(vars(optimizer)["_state"])) == sorted(
+        addresses
+    )
+
+
 def test_the_gradients_are_left_untouched_and_layers_keep_their_arrays(rng):
     params, grads = random_tree(rng), random_tree(rng)
     before_grads, ids = _copy(grads), [id(a) for leaves in params.values() for a in leaves.values()]
@@ -141,8 +162,8 @@ def test_an_injected_hyperparameter_changed_between_steps_takes_effect_without_r
     params, optimizer = _copy(params0), Transform(tx)
     _step_all(optimizer, params, grads[:1])  # compiles for these shapes
     traces = []
-    real_update_tree = _transform._update_tree  # the body of the compiled update: it runs once per trace
-    monkeypatch.setattr(_transform, "_update_tree", lambda *args: traces.append(1) or real_update_tree(*args))
+    real = _transform._Fixed.transformation  # called in the body of the compiled update: once per trace
+    monkeypatch.setattr(_transform._Fixed, "transformation", lambda *args: traces.append(1) or real(*args))
     optimizer.state = mpnn_opt.with_hyperparam(optimizer.state, "learning_rate", 1e-3)
     _step_all(optimizer, params, grads[1:3])
     optimizer.set_hyperparameter("weight_decay", 0.1)
@@ -252,11 +273,16 @@ def test_a_failure_inside_the_update_changes_no_layer_and_not_the_state(rng, mon
     optimizer, before = Transform(tx), _copy(params)
     optimizer.state = state_before = trained.state  # resumed: compiles its update at this step
 
-    def failing(*_):
+    def failing_update(*_):
         raise FloatingPointError("non-finite value")
 
-    _transform._cached.cache_clear()
-    monkeypatch.setattr(_transform, "_update_tree", failing)
+    real = _transform._Fixed.transformation
+    _stepper._cached.cache_clear()
+    monkeypatch.setattr(
+        _transform._Fixed,
+        "transformation",
+        lambda *args: optax.GradientTransformation(real(*args).init, failing_update),
+    )
     with pytest.raises(RuntimeError, match="Transform.step failed and changed no layer: non-finite value"):
         optimizer.step(layers)
     assert _same_tree(params, before) and optimizer.state is state_before
@@ -275,7 +301,7 @@ NOP = dis.opmap["NOP"]
 class _FaultAtLine:
     """Raises ``error`` at the ``n``-th line run in the adapter's modules before the step commits (None: counts them)."""
 
-    FILES = {_transform.__file__, _staging.__file__}
+    FILES = {_transform.__file__, _staging.__file__, _stepper.__file__}
 
     def __init__(self, optimizer: Transform, n: int | None, error: BaseException | None = None) -> None:
         self.optimizer, self.n, self.error = optimizer, n, error
@@ -317,6 +343,7 @@ def test_a_fault_at_any_line_of_step_changes_nothing_and_the_run_continues_bit_i
         return optimizer, params
 
     reference, reference_params = fresh()
+    assert reference.state is not None  # handed out, as in the faulted runs below (it is then never donated)
     counter = _FaultAtLine(reference, None)
     assert counter.run(lambda: _step_all(reference, reference_params, grads[1:2])) is None
     _step_all(reference, reference_params, grads[2:])

@@ -3,7 +3,8 @@
 ``from mpnn_opt.optimizers import Adam`` in place of ``from mpneuralnetwork.optimizers import Adam``.
 The classes live in :mod:`mpnn_opt.optimizers._adapter` (its docstring states the guarantees and the
 differences from mpneuralnetwork), the staging of a model's arrays into flat buffers in
-:mod:`mpnn_opt.optimizers._staging`. :class:`Transform` puts any gradient transformation (mpnn_opt's or
+:mod:`mpnn_opt.optimizers._staging`, the compiled step they share with :class:`Transform` in
+:mod:`mpnn_opt.optimizers._stepper`. :class:`Transform` puts any gradient transformation (mpnn_opt's or
 optax's) behind the same API, with the transformation's own state; see
 :mod:`mpnn_opt.optimizers._transform`, which also says how to checkpoint and resume it. Every class has
 torch's ``state_dict()`` / ``load_state_dict()``, keyed by layer position and parameter name

@@ -10,9 +10,18 @@ mpneuralnetwork's serialization uses) and packs every parameter, and every gradi
 buffers, ``'regularized'`` and ``'unregularized'``, split by the seed's name rule (regularize unless
 the name contains 'bias', 'beta' or 'gamma'). One jit-compiled call of the alias updates the
 two-leaf tree for the whole model; the new values are then copied into the layers' own arrays
-(``np.copyto``: layers keep their array objects). The optimizer state stays on the JAX device between
-steps, in the same packed layout, for the same parameter arrays (held, and compared by identity).
-The compiled call reads that live state and writes the new state and params into spare buffers of
+(``np.copyto``: layers keep their array objects). The machinery is the one behind
+:class:`~mpnn_opt.optimizers.Transform` (:mod:`mpnn_opt.optimizers._stepper`); each class only names its
+alias, its hyperparameters and where the seed's names sit in the alias's state.
+
+The optimizer state is the alias's own, ``alias.init`` of the packed tree (Adam's is
+``ScaleByAdamState(count, momentums, velocities)`` with ``{'regularized', 'unregularized'}`` buffers), kept
+on the JAX device between steps for the same parameter arrays (held, and compared by identity). The
+seed's names (``velocities``, ``cache``, ``momentums``, ``t``) appear only in the ``params`` view and the
+state dict, mapped through :func:`mpnn_opt.checkpoint.state_dict`'s keys (``_slot_keys``); a key the
+alias's state no longer has raises ``RuntimeError`` at the next step instead of restarting from zeros.
+Adam's ``t`` is the attribute; each step writes it into the state's count before the update.
+The compiled call reads the live state and writes the new state and params into spare buffers of
 the same shapes (last step's state and new params, donated), so outputs reuse memory and the live
 state survives until the step commits; this costs one more copy of the state in memory.
 Hyperparameters enter the compiled function as traced arguments, so assigning
@@ -24,9 +33,9 @@ position and parameter name (``"layer_0/weights:velocities"``, and ``"t"``), so 
 new process, whose arrays have new ids, resumes bit for bit; see :mod:`mpnn_opt.optimizers._state_dict`.
 
 For any other transformation (optax's, chains, schedules, clipping) use
-:class:`mpnn_opt.optimizers.Transform`: the same ``step(layers)`` and guarantees, with the
-transformation's own state keyed by parameter name; the three classes here keep the seed's state
-layout and their own machinery (the packed buffers, the spare outputs, tied weights).
+:class:`mpnn_opt.optimizers.Transform`: the same machinery and guarantees, run on the tree of parameter
+names instead of the packed buffers (the seed's rules are elementwise, so they run on two buffers);
+only the classes here update tied weights.
 
 Importing it changes no setting of the process. ``step`` waits for its result, so JAX's asynchronous
 CPU dispatch only adds two thread hand-offs (35-45 us) to every step: a NumPy program that uses JAX
@@ -85,26 +94,23 @@ Differences from mpneuralnetwork 1.1.1:
 
 from __future__ import annotations
 
-import contextlib
-import functools
+import dataclasses
 import math
 import numbers
 import operator
-import threading
 import weakref
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mpnn_opt import _checks
+from mpnn_opt import _checks, checkpoint
 from mpnn_opt.aliases import adam, rmsprop, sgd
-from mpnn_opt.base import apply_updates
-from mpnn_opt.compiler_options import cpu_compiler_options
 from mpnn_opt.optimizers import _staging as _layer_tree
 from mpnn_opt.optimizers import _state_dict
+from mpnn_opt.optimizers._stepper import Compiled, Stepper
 from mpnn_opt.regularization import add_regularization, is_regularized_name
 
 __all__ = ["Optimizer", "SGD", "RMSprop", "Adam"]
@@ -116,132 +122,46 @@ STATE_DTYPE = np.float32
 # The largest step count jit takes as an int32: 1 - beta**t has been 1.0 in float32 for long by then.
 _COUNT_LIMIT = 2**31 - 1
 
-# float32 models run under the process's own x64 setting; float64 ones under jax.enable_x64(True)
-_AS_CONFIGURED = contextlib.nullcontext()
 
+@dataclasses.dataclass(frozen=True)
+class _SeedProgram:
+    """A seed class's :class:`~mpnn_opt.optimizers._stepper.Program`: its alias on the packed tree.
 
-def _fill(state: Any, slots: dict, count: Any) -> Any:
-    """``state`` with every named-tuple field named in ``slots`` replaced, and every ``count`` set.
-
-    A block with a constant learning rate keeps no counter field at all; Adam's own ``count`` is set.
-    """
-    if isinstance(state, tuple) and hasattr(state, "_fields"):
-        fields = {}
-        for field in state._fields:  # pyright: ignore[reportAttributeAccessIssue]  # a named tuple (checked above)
-            value = getattr(state, field)
-            if field in slots:
-                fields[field] = slots[field]
-            elif field == "count" and value is not None:
-                fields[field] = count
-            else:
-                fields[field] = _fill(value, slots, count)
-        return type(state)(**fields)
-    if isinstance(state, tuple):
-        return tuple(_fill(inner, slots, count) for inner in state)
-    return state
-
-
-def _slots_of(state: Any, names: tuple[str, ...]) -> dict:
-    """The named-tuple fields named ``names`` found anywhere in ``state``."""
-    found = {}
-    if isinstance(state, tuple) and hasattr(state, "_fields"):
-        found.update({field: getattr(state, field) for field in state._fields if field in names})  # pyright: ignore[reportAttributeAccessIssue]
-    if isinstance(state, tuple):
-        for inner in state:
-            found.update(_slots_of(inner, names))
-    return found
-
-
-def _update_tree(
-    alias: Callable,
-    regularization: str | None,
-    slot_names: tuple,
-    hyper_names: tuple,
-    params,
-    grads,
-    slots,
-    count,
-    hyper,
-):
-    """The alias's update of the packed tree, built from the traced hyperparameters: ``(new slots, new params)``."""
-    values = {name: hyper[index] for index, name in enumerate(hyper_names)}
-    transform = alias(regularization=regularization, mask=_layer_tree.GROUP_MASK, state_dtype=STATE_DTYPE, **values)
-    updates, new_state = transform.update(grads, _fill(transform.init(params), slots, count), params)
-    return _slots_of(new_state, slot_names), apply_updates(params, updates)
-
-
-@functools.lru_cache(maxsize=32)
-def _compiled_update(
-    alias: Callable,
-    regularization: str | None,
-    slot_names: tuple[str, ...],
-    hyper_names: tuple[str, ...],
-    compiler_options: tuple[tuple[str, str], ...],
-) -> Callable:
-    """One jitted ``(params, grads, slots, scratch_params, scratch_slots, count, hyper) -> (new_params, new_slots)`` per alias and mode.
-
-    ``params`` and ``grads`` are ``{'regularized': flat, 'unregularized': flat}`` trees, ``slots``
-    maps each state name to such a tree, ``hyper`` is one vector of the ``hyper_names`` values (one
-    argument to transfer instead of one per value). The alias is built inside the traced function
-    from the traced values, so new hyperparameter values reuse the compiled code.
-    ``scratch_params`` and ``scratch_slots`` are buffers of the same shapes whose values are no
-    longer needed (last step's new params, already copied out, and last step's state, replaced by
-    this step's): they are donated, so the outputs reuse their memory, while ``slots``, the live
-    state, stays intact until the step commits. ``compiler_options``
-    (:func:`mpnn_opt.cpu_compiler_options` of the buffers) keep XLA:CPU from splitting a small
-    model's loops across threads.
+    The alias is built inside the trace from the traced hyperparameter vector (``hyper_names`` in order),
+    so new values reuse the compiled code. ``count_key`` (Adam's ``"scale_by_adam.count"``) names the state's
+    step count, set from the class's ``t`` at every step; a key the state does not have raises.
     """
 
-    def update(params, grads, slots, scratch_params, scratch_slots, count, hyper):
-        del scratch_params, scratch_slots  # donated only, so that the outputs reuse their memory instead of fresh pages
-        new_slots, new_params = _update_tree(
-            alias, regularization, slot_names, hyper_names, params, grads, slots, count, hyper
-        )
-        # outputs in the order of the donated inputs (params, then slots), so that each output takes its own
-        # input's buffer: jit pairs donations with outputs by position and shape (another order cost Adam two copies)
-        return new_params, new_slots
+    alias: Callable
+    regularization: str | None
+    hyper_names: tuple[str, ...]
+    count_key: str | None
+    view = "packed"
 
-    return jax.jit(update, donate_argnums=(3, 4), keep_unused=True, compiler_options=dict(compiler_options))
-
-
-@functools.lru_cache(maxsize=32)
-def _compiled_tied_update(
-    alias: Callable, regularization: str | None, slot_names: tuple[str, ...], hyper_names: tuple[str, ...]
-) -> Callable:
-    """One jitted ``(params, grads, slots, count, hyper, mask) -> (new_params, new_slots)`` for one round of tied parameters.
-
-    As :func:`_compiled_update`, but only the spans marked in ``mask`` (a boolean tree like
-    ``params``) change; nothing is donated. Used only for models with tied weights.
-    """
-
-    def update(params, grads, slots, count, hyper, mask):
-        new_slots, new_params = _update_tree(
-            alias, regularization, slot_names, hyper_names, params, grads, slots, count, hyper
+    def transformation(self, hyper: Any) -> Any:
+        values = {name: hyper[index] for index, name in enumerate(self.hyper_names)}
+        return self.alias(
+            regularization=self.regularization, mask=_layer_tree.GROUP_MASK, state_dtype=STATE_DTYPE, **values
         )
 
-        def masked(new: dict, old: dict) -> dict:
-            return {group: jnp.where(mask[group], new[group], old[group]) for group in new}
+    def prepare(self, state: Any, count: Any) -> Any:
+        if self.count_key is None:
+            return state
+        found = []
 
-        return masked(new_params, params), {name: masked(new_slots[name], slots[name]) for name in slot_names}
+        def set_count(key: str, leaf: Any) -> Any:
+            if key != self.count_key:
+                return leaf
+            found.append(key)
+            return jnp.asarray(count, leaf.dtype)
 
-    return jax.jit(update)
-
-
-class _DeviceState(NamedTuple):
-    """The optimizer state on the device, for the parameter arrays ``params``, packed in ``layout``."""
-
-    layout: _layer_tree.Layout
-    ids: tuple[int, ...]  # id() of each array in params: compared at every step
-    params: tuple[np.ndarray, ...]  # held, so that no other array can take one of these ids while this state lives
-    slots: dict[str, dict[str, jax.Array]]
-
-
-class _Scratch(NamedTuple):
-    """Device buffers shaped like a layout's params and state whose values are no longer needed: the next update's outputs."""
-
-    key: tuple  # (dtype, group sizes)
-    params: dict[str, jax.Array]
-    slots: dict[str, dict[str, jax.Array]]
+        prepared = checkpoint.map_state(set_count, state)
+        if not found:
+            raise RuntimeError(
+                f"{self.alias.__name__}'s state has no {self.count_key!r} (its keys: "
+                f"{sorted(checkpoint.state_dict(state))}); the adapter's names are out of date"
+            )
+        return prepared
 
 
 def _real_number(where: str, value: Any) -> int | float:
@@ -279,12 +199,14 @@ def _step_count(where: str, value: Any) -> int:
     return count
 
 
-class Optimizer:
+class Optimizer(Stepper):
     """The seed's ``Optimizer`` base: holds ``learning_rate``, ``regularization``, ``weight_decay``.
 
-    Subclasses name their functional alias, their per-parameter state (the seed's names) and their
-    hyperparameters; ``step`` is shared. The base class itself has no update rule: as in the seed,
-    its ``step`` does nothing and its ``params`` is empty.
+    Subclasses name their functional alias, their hyperparameters and where the seed's names sit in
+    the alias's state (``_slot_keys``: seed name -> :func:`mpnn_opt.checkpoint.state_dict` key on the
+    packed tree, ``_count_key`` for Adam's ``t``); ``step`` is :class:`~mpnn_opt.optimizers._stepper.Stepper`'s.
+    The base class itself has no update rule: as in the seed, its ``step`` does nothing and its
+    ``params`` is empty.
     """
 
     # set in __init__ through __setattr__'s checks; declared here for type checkers
@@ -294,7 +216,9 @@ class Optimizer:
     t: int  # steps taken, on the classes that count them (_counts_steps)
 
     _alias: Callable | None = None
-    _slot_names: tuple[str, ...] = ()
+    _slot_keys: dict[str, str] = {}  # the seed's state name -> the alias's state key (checkpoint.state_dict)
+    _slot_names: tuple[str, ...] = ()  # the seed's state names: _slot_keys' keys
+    _count_key: str | None = None  # the alias's step count, set from ``t`` (classes that count steps)
     _hyperparameters: tuple[str, ...] = ("learning_rate", "weight_decay")
     _counts_steps = False
 
@@ -312,14 +236,13 @@ class Optimizer:
         vars(self).update(checked)
         if self._counts_steps:
             vars(self)["t"] = 0
-        self._lock = threading.RLock()  # one step, params read or setting at a time
+        super().__init__()
         self._slots: dict[str, dict[int, Any]] = {name: {} for name in self._slot_names}
         self._written: dict[
             tuple[str, int], tuple[weakref.ref, weakref.ref]
         ] = {}  # (slot, id) -> (param, value) we wrote
-        self._device: _DeviceState | None = None
-        self._scratch: _Scratch | None = None
-        self._host: tuple | None = None  # ((dtype, group sizes), params buffers, grads buffers, compiler options)
+        self._ids: tuple[int, ...] = ()  # id() of each array the live state is for: compared at every step
+        self._held: tuple[np.ndarray, ...] = ()  # those arrays, held so that no other array can take their ids
         self._names: tuple[tuple[str, weakref.ref], ...] | None = None  # ("layer_{i}/{name}", param) of the last state
         self._pending: _state_dict.Pending | None = None  # load_state_dict's entries, for the next step
 
@@ -362,14 +285,7 @@ class Optimizer:
         if alias is not None:
             alias(regularization=settings["regularization"], **{name: settings[name] for name in self._hyperparameters})
 
-    def _hyper(self, dtype: Any) -> np.ndarray:
-        """The hyperparameters as one vector (float64 for float64 params, else float32): one traced signature."""
-        return np.array(
-            [float(getattr(self, name)) for name in self._hyperparameters],
-            np.float64 if dtype == "float64" else np.float32,
-        )
-
-    # --- the step ---------------------------------------------------------------------------------
+    # --- the machinery's hooks --------------------------------------------------------------------
 
     def step(self, layers: list) -> None:
         """Updates every parameter of ``layers`` in place from the gradients the layers hold.
@@ -382,118 +298,58 @@ class Optimizer:
         """
         if self._alias is None:
             return  # the seed's base class has no update rule: its step does nothing
-        with self._lock:
-            entries = _layer_tree.gather(layers)
-            count = self.t if self._counts_steps else 0
-            committed: dict[str, Any] = {"t": count + 1} if self._counts_steps else {}
-            if not entries:
-                vars(self).update(committed)  # the seed's Adam counts a step without parameters too
-                return
-            ids = tuple(id(entry.param) for entry in entries)
-            rounds: list = []
-            if len(set(ids)) < len(ids):
-                entries, rounds = _layer_tree.untie(entries)
-                ids = tuple(id(entry.param) for entry in entries)
-            layout = _layer_tree.Layout.of(entries)
-            with jax.enable_x64(True) if layout.dtype == "float64" else _AS_CONFIGURED:
-                new_params, old_params, device, scratch = self._compute(
-                    entries, rounds, layout, ids, min(count, _COUNT_LIMIT)
-                )
-            committed.update(_device=device, _scratch=scratch, _pending=None)
-            # the commit is one C call: no signal handler or exception can run half-way through it
-            _layer_tree.write_back(
-                entries, layout, new_params, old_params, functools.partial(vars(self).update, committed)
-            )
+        super().step(layers)
 
-    def _compute(self, entries: list, rounds: list, layout: _layer_tree.Layout, ids: tuple, count: int) -> tuple:
-        """Runs the compiled update: ``(new params, old params, new device state, next scratch)``, params as flat host arrays.
+    def _program(self) -> _SeedProgram:
+        assert self._alias is not None  # step returns first on the base class
+        return _SeedProgram(type(self)._alias, self.regularization, self._hyperparameters, self._count_key)  # pyright: ignore[reportArgumentType]  # the staticmethod-wrapped alias
 
-        Changes no layer and no state: the live state is an input only, and the outputs go to the
-        donated scratch buffers (taken from ``self``; a failed step leaves fresh ones to the next).
-        """
-        live = self._live_state(entries, layout, ids)
-        params, grads, options = self._staging(layout)
-        _layer_tree.stage(entries, layout, params, "param")
-        hyper = self._hyper(layout.dtype)
-        scratch = None  # tied parameters run in rounds and use no spare buffers
-        if not rounds:
-            _layer_tree.stage(entries, layout, grads, "grad")
-            scratch = self._take_scratch(layout)
-        try:
-            if scratch is None:
-                new_params, new_slots = self._tied_update(entries, rounds, layout, params, live.slots, count, hyper)
-            else:
-                update = _compiled_update(
-                    type(self)._alias, self.regularization, self._slot_names, self._hyperparameters, options
-                )
-                new_params, new_slots = update(params, grads, live.slots, scratch.params, scratch.slots, count, hyper)
-            host = {group: np.asarray(flat) for group, flat in new_params.items()}
-        except Exception as error:
-            raise RuntimeError(f"{type(self).__name__}.step failed and changed no layer: {error}") from error
-        next_scratch = None if scratch is None else _Scratch(scratch.key, new_params, live.slots)
-        return host, params, _DeviceState(live.layout, live.ids, live.params, new_slots), next_scratch
+    def _hyper(self, dtype: str) -> np.ndarray:
+        """The hyperparameters as one vector (float64 for float64 params, else float32): one traced signature."""
+        return np.array(
+            [float(getattr(self, name)) for name in self._hyperparameters],
+            np.float64 if dtype == "float64" else np.float32,
+        )
 
-    def _tied_update(
-        self,
-        entries: list,
-        rounds: list,
-        layout: _layer_tree.Layout,
-        params: dict,
-        slots: dict,
-        count: int,
-        hyper: np.ndarray,
-    ) -> tuple:
-        """Applies each array's first entry, then each later round of tied entries, each round from the last one's results."""
-        update = _compiled_tied_update(type(self)._alias, self.regularization, self._slot_names, self._hyperparameters)
-        for pairs in [list(enumerate(entries)), *rounds]:
-            grads, mask = _layer_tree.stage_round(pairs, layout)
-            params, slots = update(params, grads, slots, count, hyper, mask)
-        return params, slots
+    def _count(self) -> int:
+        return min(self.t, _COUNT_LIMIT) if self._counts_steps else 0
 
-    # --- buffers and state ------------------------------------------------------------------------
+    def _settings_after_step(self) -> dict:
+        return {"t": self.t + 1} if self._counts_steps else {}
 
-    def _take_scratch(self, layout: _layer_tree.Layout) -> _Scratch:
-        """Last step's spare buffers (taken: a failed update consumes them), or fresh ones for a new layout."""
-        scratch, self._scratch = self._scratch, None
-        key = (layout.dtype, layout.sizes)
-        if scratch is None or scratch.key != key:
-            params = {group: jnp.zeros(size, layout.dtype) for group, size in layout.sizes.items()}
-            slots = {
-                name: {group: jnp.zeros(size, STATE_DTYPE) for group, size in layout.sizes.items()}
-                for name in self._slot_names
-            }
-            scratch = _Scratch(key, params, slots)
-        return scratch
+    def _gather(self, layers: list) -> tuple[list[_layer_tree.Entry], list]:
+        entries = _layer_tree.gather(layers)
+        if len({id(entry.param) for entry in entries}) < len(entries):
+            return _layer_tree.untie(entries)
+        return entries, []
 
-    def _staging(self, layout: _layer_tree.Layout) -> tuple[dict, dict, tuple]:
-        """Aligned host buffers for ``layout``'s params and grads, kept from step to step, and the compiler options for them."""
-        if self._host is None or self._host[0] != (layout.dtype, layout.sizes):
-            params, grads = (
-                {group: _layer_tree.aligned_empty(size, layout.dtype) for group, size in layout.sizes.items()}
-                for _ in range(2)
-            )
-            self._host = (
-                (layout.dtype, layout.sizes),
-                params,
-                grads,
-                tuple(sorted(cpu_compiler_options(params).items())),
-            )
-        return self._host[1:]
-
-    def _live_state(self, entries: list, layout: _layer_tree.Layout, ids: tuple) -> _DeviceState:
-        """The state for these arrays on the device: last step's, or rebuilt from ``params`` (not yet committed)."""
-        device = self._device
-        if device is not None and device.ids == ids and device.layout == layout:
-            return device
+    def _live_state(
+        self, entries: list, layout: _layer_tree.Layout, params: dict, functions: Compiled, hyper: Any
+    ) -> tuple[Any, dict]:
+        """The alias's state for these arrays: last step's, or rebuilt from ``params`` or loaded entries (not yet committed)."""
+        ids = tuple(id(entry.param) for entry in entries)
+        if self._state is not None and self._ids == ids and self._layout == layout:
+            return self._state, {}
         self._materialize()
         found = self._state_of if self._pending is None else self._loaded(self._pending, entries)
-        slots = {name: self._upload(name, entries, layout, found) for name in self._slot_names}
-        return _DeviceState(layout, ids, tuple(entry.param for entry in entries), slots)
+        template = jax.eval_shape(functions.init, params, hyper)
+        saved: dict[str, Any] = {}
+        for slot, key in self._slot_keys.items():
+            saved.update(
+                {f"{group}:{key}": flat for group, flat in self._gathered(slot, entries, layout, found).items()}
+            )
+        if self._count_key is not None:
+            saved[self._count_key] = np.asarray(self._count(), np.int32)
+        try:
+            state, _ = checkpoint.load_state_dict(template, saved)
+        except ValueError as error:  # the alias's state no longer has the names this class maps
+            raise RuntimeError(f"{type(self).__name__}: the adapter's state names are out of date: {error}") from error
+        return state, {"_ids": ids, "_held": tuple(entry.param for entry in entries)}
 
-    def _upload(
+    def _gathered(
         self, name: str, entries: list, layout: _layer_tree.Layout, found: Callable[[str, Any], Any]
-    ) -> dict[str, jax.Array]:
-        """The state ``name`` of ``entries`` (``found(name, entry)``) as flat device buffers in ``layout``'s order (zeros where none)."""
+    ) -> dict[str, np.ndarray]:
+        """The state ``name`` of every entry, as float32 host buffers in ``layout``'s groups (zeros where none)."""
         host = {group: np.zeros(size, STATE_DTYPE) for group, size in layout.sizes.items()}
         for entry, (group, start, stop) in zip(entries, layout.spans):
             value = found(name, entry)
@@ -504,7 +360,7 @@ class Optimizer:
                 )
             if value is not None:
                 host[group][start:stop] = np.ravel(value)
-        return {group: jnp.array(flat, copy=True) for group, flat in host.items()}
+        return host
 
     def _state_of(self, name: str, entry: _layer_tree.Entry) -> Any:
         return self._state_for(name, entry.param)
@@ -537,22 +393,21 @@ class Optimizer:
 
     def _materialize(self) -> None:
         """Moves the device state into the ``params`` dicts as writable NumPy arrays, noting which array each is for."""
-        device = self._device
-        if device is None:
+        state, layout = self._state, self._layout
+        if state is None or layout is None:
             return
-        for name, flats in device.slots.items():
-            host = {group: np.array(flat) for group, flat in flats.items()}
-            for param, (_, _, shape), (group, start, stop) in zip(
-                device.params, device.layout.leaves, device.layout.spans
-            ):
+        arrays = checkpoint.state_dict(state)
+        for name, key in self._slot_keys.items():
+            host = {group: np.array(arrays[f"{group}:{key}"]) for group in layout.sizes}
+            for param, (_, _, shape), (group, start, stop) in zip(self._held, layout.leaves, layout.spans):
                 value = host[group][start:stop].reshape(shape)
                 self._slots[name][id(param)] = value
                 self._written[(name, id(param))] = (weakref.ref(param), weakref.ref(value))
         self._names = tuple(
             (f"{layer_key}/{param_name}", weakref.ref(param))
-            for (layer_key, param_name, _), param in zip(device.layout.leaves, device.params)
+            for (layer_key, param_name, _), param in zip(layout.leaves, self._held)
         )
-        self._device = None
+        vars(self).update(_state=None, _ids=(), _held=())
         self._forget_freed()
 
     def _forget_freed(self) -> None:
@@ -659,7 +514,9 @@ class Optimizer:
             for by_id in self._slots.values():
                 by_id.clear()  # the same dicts: params hands them out
             self._written.clear()
-            vars(self).update(_device=None, _names=None, _pending=_state_dict.Pending(slots, strict), **counted)
+            vars(self).update(
+                _state=None, _ids=(), _held=(), _names=None, _pending=_state_dict.Pending(slots, strict), **counted
+            )
 
     def _slot_entries(self, where: str, entries: dict[str, np.ndarray], strict: bool) -> dict[str, np.ndarray]:
         """The entries keyed ``"layer_{i}/{name}:{slot}"`` with one of this class's slots; others raise (``strict``) or are left out."""
@@ -714,7 +571,8 @@ class SGD(Optimizer):
     """
 
     _alias = staticmethod(sgd)
-    _slot_names = ("velocities",)
+    _slot_keys = {"velocities": "momentum_velocity.velocities"}
+    _slot_names = tuple(_slot_keys)
     _hyperparameters = ("learning_rate", "weight_decay", "momentum")
 
     def __init__(
@@ -739,7 +597,8 @@ class RMSprop(Optimizer):
     """
 
     _alias = staticmethod(rmsprop)
-    _slot_names = ("cache",)
+    _slot_keys = {"cache": "rms_step.cache"}
+    _slot_names = tuple(_slot_keys)
     _hyperparameters = ("learning_rate", "weight_decay", "decay_rate", "epsilon")
 
     def __init__(
@@ -765,7 +624,9 @@ class Adam(Optimizer):
     """
 
     _alias = staticmethod(adam)
-    _slot_names = ("momentums", "velocities")
+    _slot_keys = {"momentums": "scale_by_adam.momentums", "velocities": "scale_by_adam.velocities"}
+    _slot_names = tuple(_slot_keys)
+    _count_key = "scale_by_adam.count"
     _hyperparameters = ("learning_rate", "weight_decay", "beta1", "beta2", "epsilon")
     _counts_steps = True
 

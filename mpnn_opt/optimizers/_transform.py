@@ -9,10 +9,14 @@ jit-compiled call for the whole model on the tree ``{"layer_{i}": {name: array}}
 travel packed in two flat buffers (as in :mod:`mpnn_opt.optimizers._staging`) and are viewed as that
 tree inside the compiled call, so a transformation sees the model's parameters by name, as it would in
 a functional loop (masks by name, per-leaf clipping and global norms all mean what they say). The new
-values are copied into the layers' own arrays; the gradients are left untouched.
+values are copied into the layers' own arrays; the gradients are left untouched. The machinery (staging,
+compiled call, spare output buffers, all-or-nothing commit) is :mod:`mpnn_opt.optimizers._stepper`, shared
+with SGD, RMSprop and Adam.
 
 The state, :attr:`Transform.state`, is the transformation's own: ``tx.init`` of that tree, kept on the
-JAX device between steps (``None`` before the first step). It is keyed by parameter names, not by
+JAX device between steps (``None`` before the first step). A state read through :attr:`Transform.state`
+stays valid: a step writes its outputs into the buffers of the step before last's state only when that
+state was never handed out. It is keyed by parameter names, not by
 array identity, so one ``Transform`` serves one model (or models of the same structure). Hyperparameters
 injected with :func:`mpnn_opt.inject_hyperparams` are state leaves: assigning
 ``optimizer.state = mpnn_opt.with_hyperparam(optimizer.state, "learning_rate", 1e-4)``, or calling
@@ -45,9 +49,7 @@ shapes may not change under a live state; there is no ``params`` state view (``p
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import threading
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -56,66 +58,28 @@ import jax.numpy as jnp
 import numpy as np
 
 from mpnn_opt import checkpoint
-from mpnn_opt.base import GradientTransformation, apply_updates
-from mpnn_opt.compiler_options import cpu_compiler_options
+from mpnn_opt.base import GradientTransformation
 from mpnn_opt.hyperparams import with_hyperparam
 from mpnn_opt.optimizers import _staging, _state_dict
+from mpnn_opt.optimizers._stepper import Compiled, Stepper, precision
 
 __all__ = ["Transform"]
 
 
-def _unpack(flat: dict, layout: _staging.Layout) -> dict:
-    """The packed group buffers as the tree ``{"layer_{i}": {name: array}}`` (slices, fused by XLA)."""
-    tree: dict[str, dict[str, Any]] = {}
-    for (layer_key, name, shape), (group, start, stop) in zip(layout.leaves, layout.spans):
-        tree.setdefault(layer_key, {})[name] = flat[group][start:stop].reshape(shape)
-    return tree
+@dataclasses.dataclass(frozen=True)
+class _Fixed:
+    """The :class:`~mpnn_opt.optimizers._stepper.Program` of a ``Transform``: its transformation, on the named tree."""
 
+    transform: Any
+    view = "named"
 
-def _pack(tree: dict, layout: _staging.Layout) -> dict:
-    """The tree ``{"layer_{i}": {name: array}}`` packed into the group buffers of ``layout``."""
-    pieces: dict[str, list] = {group: [] for group in layout.sizes}
-    for (layer_key, name, _), (group, _, _) in zip(layout.leaves, layout.spans):
-        pieces[group].append(tree[layer_key][name].reshape(-1))  # within a group, spans follow the leaves' order
-    return {group: jnp.concatenate(parts) if parts else jnp.zeros(0, layout.dtype) for group, parts in pieces.items()}
+    def transformation(self, hyper: Any) -> Any:
+        del hyper  # hyperparameters are the transformation's own (or injected: state)
+        return self.transform
 
-
-def _update_tree(transform: Any, params: dict, grads: dict, state: Any) -> tuple[dict, Any]:
-    """The transformation's step on the model's tree: ``(new params, new state)``. The compiled call's body."""
-    updates, new_state = transform.update(grads, state, params)
-    return apply_updates(params, updates), new_state
-
-
-def _compiled(transform: Any, layout: _staging.Layout, options: tuple) -> tuple:
-    """``(init, update)`` jitted for ``layout``: ``init(flat params) -> state``, ``update(flat params, flat grads, state)``.
-
-    Shared by every ``Transform`` of the same (hashable) transformation and model structure, so a
-    new ``Transform`` of it does not compile again.
-    """
-    try:
-        hash(transform)
-    except TypeError:  # a transformation holding unhashable values: compiled for this Transform only
-        return _build(transform, layout, options)
-    return _cached(transform, layout.dtype, layout.leaves, options)
-
-
-@functools.lru_cache(maxsize=32)
-def _cached(transform: Any, dtype: str, leaves: tuple, options: tuple) -> tuple:
-    spans, sizes = _staging.layout_spans(tuple((name, shape) for _, name, shape in leaves))
-    return _build(transform, _staging.Layout(dtype, leaves, spans, sizes), options)
-
-
-def _build(transform: Any, layout: _staging.Layout, options: tuple) -> tuple:
-    def init(flat_params):
-        return transform.init(_unpack(flat_params, layout))
-
-    def update(flat_params, flat_grads, state):
-        new_params, new_state = _update_tree(
-            transform, _unpack(flat_params, layout), _unpack(flat_grads, layout), state
-        )
-        return _pack(new_params, layout), new_state
-
-    return jax.jit(init), jax.jit(update, compiler_options=dict(options))
+    def prepare(self, state: Any, count: Any) -> Any:
+        del count  # the transformation counts its own steps
+        return state
 
 
 def _refuse_tied(entries: list[_staging.Entry]) -> None:
@@ -150,11 +114,7 @@ def _on_device(state: Any, expected: Any) -> Any:
     return jax.tree.unflatten(structure, arrays)
 
 
-def _precision(layout: _staging.Layout) -> contextlib.AbstractContextManager:
-    return jax.enable_x64(True) if layout.dtype == "float64" else contextlib.nullcontext()
-
-
-class Transform:
+class Transform(Stepper):
     """Any ``GradientTransformation`` as an mpneuralnetwork optimizer: ``step(layers)``, ``state``, ``get_config()``.
 
     ``Transform(mpnn_opt.chain(mpnn_opt.clip_by_global_norm(1.0), mpnn_opt.adam(schedule)))`` or
@@ -168,11 +128,9 @@ class Transform:
                 f"Transform expects a GradientTransformation (an object with init and update), "
                 f"got {transform!r} of type {type(transform).__name__}"
             )
+        super().__init__()
         self._transform = transform
-        self._lock = threading.RLock()
-        self._state: Any = None
-        self._layout: _staging.Layout | None = None  # the layout the state was checked against
-        self._host: tuple | None = None  # (layout, params buffers, grads buffers, init, update)
+        self._fixed = _Fixed(transform)
         self._pending: _state_dict.Pending | None = None  # load_state_dict's entries, for the next step
 
     @property
@@ -182,8 +140,12 @@ class Transform:
 
     @property
     def state(self) -> Any:
-        """The transformation's state: ``tx.init`` of ``{"layer_{i}": {name: param}}`` after as many updates as steps; None before the first step."""
+        """The transformation's state: ``tx.init`` of ``{"layer_{i}": {name: param}}`` after as many updates as steps; None before the first step.
+
+        The arrays handed out stay valid: later steps write their outputs elsewhere.
+        """
         with self._lock:
+            self._shared = self._state
             return self._state
 
     @state.setter
@@ -191,7 +153,7 @@ class Transform:
         """A state to continue from (checked against the model at the next step), or None to start afresh.
 
         A state of the current one's structure, shapes and dtypes (e.g. from :func:`mpnn_opt.with_hyperparam`)
-        is taken as it is for the current model: no recompilation, no new check.
+        is taken (copied) as it is for the current model: no recompilation, no new check.
         """
         with self._lock:
             if state is None or self._state is None:
@@ -224,13 +186,14 @@ class Transform:
         The template for restoring a saved state: ``flax.serialization.from_bytes(optimizer.init(layers), data)``.
         """
         with self._lock:
-            entries = self._entries(layers)
+            entries, _ = self._gather(layers)
             layout = _staging.Layout.of(entries)
-            with _precision(layout):
-                params, _, init, _ = self._buffers(layout)
+            with precision(layout):
+                params, _, options = self._buffers(layout)
+                functions = self._functions(layout, options)
                 _staging.stage(entries, layout, params, "param")
-                state = init(params)
-            vars(self).update(_state=state, _layout=layout, _pending=None)
+                state = functions.init(params, self._hyper(layout.dtype))
+            vars(self).update(_state=state, _layout=layout, _pending=None, _shared=state)
             return state
 
     def step(self, layers: list) -> None:
@@ -239,50 +202,30 @@ class Transform:
         Layers without ``params`` are skipped. Errors name the layer and parameter; when ``step``
         raises, no layer and not the state has changed.
         """
-        with self._lock:
-            entries = self._entries(layers)
-            if not entries:
-                return
-            layout = _staging.Layout.of(entries)
-            with _precision(layout):
-                params, grads, init, update = self._buffers(layout)
-                _staging.stage(entries, layout, params, "param")
-                _staging.stage(entries, layout, grads, "grad")
-                state = self._live_state(layout, params, init)
-                try:
-                    new_flat, new_state = update(params, grads, state)
-                    new_params = {group: np.asarray(flat) for group, flat in new_flat.items()}
-                except Exception as error:
-                    raise RuntimeError(f"Transform.step failed and changed no layer: {error}") from error
-            # the commit is one C call: no signal handler or exception can run half-way through it
-            committed = {"_state": new_state, "_layout": layout, "_pending": None}
-            _staging.write_back(entries, layout, new_params, params, functools.partial(vars(self).update, committed))
+        super().step(layers)
 
-    def _entries(self, layers: list) -> list[_staging.Entry]:
+    # --- the machinery's hooks --------------------------------------------------------------------
+
+    def _program(self) -> _Fixed:
+        return self._fixed
+
+    def _gather(self, layers: list) -> tuple[list[_staging.Entry], list]:
         entries = _staging.gather(layers)
         _refuse_tied(entries)
-        return entries
+        return entries, []
 
-    def _buffers(self, layout: _staging.Layout) -> tuple:
-        """Host buffers for ``layout``'s params and grads, kept from step to step, and the compiled ``(init, update)``."""
-        if self._host is None or self._host[0] != layout:
-            params, grads = (
-                {group: _staging.aligned_empty(size, layout.dtype) for group, size in layout.sizes.items()}
-                for _ in range(2)
-            )
-            options = tuple(sorted(cpu_compiler_options(params).items()))
-            self._host = (layout, params, grads, *_compiled(self._transform, layout, options))
-        return self._host[1:]
-
-    def _live_state(self, layout: _staging.Layout, params: dict, init: Any) -> Any:
+    def _live_state(
+        self, entries: list[_staging.Entry], layout: _staging.Layout, params: dict, functions: Compiled, hyper: Any
+    ) -> tuple[Any, dict]:
         """The state for this step, not yet committed: the live one, a checked assigned one, or a fresh one."""
+        del entries
         if self._pending is not None:
-            return self._loaded(self._pending, init(params))
+            return self._loaded(self._pending, functions.init(params, hyper)), {}
         if self._state is None:
-            return init(params)
+            return functions.init(params, hyper), {}
         if self._layout == layout:
-            return self._state
-        return _on_device(self._state, jax.eval_shape(init, params))
+            return self._state, {}
+        return _on_device(self._state, jax.eval_shape(functions.init, params, hyper)), {}
 
     def _loaded(self, pending: _state_dict.Pending, template: Any) -> Any:
         """``template`` (``tx.init`` of this step's parameters) with the loaded entries; ``ValueError`` naming the keys that do not fit."""

@@ -21,6 +21,7 @@ from mpneuralnetwork import serialization
 
 from mpnn_opt.optimizers import _adapter as ours
 from mpnn_opt.optimizers import _staging as _layer_tree
+from mpnn_opt.optimizers import _stepper
 from oracles import SeedLayer, random_tree, relative_error
 
 CLASSES = ("SGD", "RMSprop", "Adam")
@@ -93,17 +94,17 @@ class FaultAtLine:
     tracer's exception at a nested ``try:`` lies outside every handler's range, which real code never meets).
     """
 
-    FILES = {ours.__file__, _layer_tree.__file__}
+    FILES = {ours.__file__, _layer_tree.__file__, _stepper.__file__}
 
     def __init__(self, optimizer, n: int | None, error: BaseException | None = None) -> None:
         self.optimizer, self.n, self.error = optimizer, n, error
-        self.before = vars(optimizer)["_device"]
+        self.before = vars(optimizer)["_state"]
         self.lines = 0
         self.fired = False
 
     def committed(self) -> bool:
-        device = vars(self.optimizer)["_device"]
-        return device is not None and device is not self.before
+        state = vars(self.optimizer)["_state"]
+        return state is not None and state is not self.before
 
     def __call__(self, frame, event, arg):
         return self._line if frame.f_code.co_filename in self.FILES else None
@@ -205,11 +206,11 @@ def test_an_exception_at_any_line_of_step_changes_nothing_and_the_run_continues_
 
 def _patch_compiled_update(monkeypatch, when: str, error: BaseException) -> list:
     """Makes the next compiled update raise ``error`` before or after running (once); returns the list of calls."""
-    real = ours._compiled_update
+    real = _stepper.compiled
     calls = []
 
     def patched(*key):
-        function = real(*key)
+        function = real(*key).update
 
         def update(*args):
             calls.append(when)
@@ -221,9 +222,9 @@ def _patch_compiled_update(monkeypatch, when: str, error: BaseException) -> list
                 raise error
             return result
 
-        return update
+        return real(*key)._replace(update=update)
 
-    monkeypatch.setattr(ours, "_compiled_update", patched)
+    monkeypatch.setattr(_stepper, "compiled", patched)
     return calls
 
 
@@ -238,12 +239,12 @@ def test_a_fault_before_or_after_the_compiled_call_keeps_the_live_state_and_the_
     for _ in range(3):
         reference.step()
     faulty.step()
-    live = faulty.optimizer._device
+    live = faulty.optimizer._state
     calls = _patch_compiled_update(monkeypatch, when, error)
     with pytest.raises((KeyboardInterrupt, RuntimeError)):
         faulty.step()
     assert calls == [when]
-    assert faulty.optimizer._device is live and not any(b.is_deleted() for b in jax.tree.leaves(live.slots))
+    assert faulty.optimizer._state is live and not any(b.is_deleted() for b in jax.tree.leaves(live))
     assert getattr(faulty.optimizer, "t", 1) == 1
     faulty.step()
     faulty.step()
