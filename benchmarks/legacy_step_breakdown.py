@@ -7,7 +7,7 @@ returns when the update is done), and the write-back into the layers with the co
 bookkeeping: the lock, the layout, the hyperparameter vector). Next to it, the floor of any JAX-based
 step: one jitted call on the same two packed buffers (``p - 0.01 * g``, numpy in, numpy out).
 
-Then the "after" experiment of issue 13: the same step and the same bare jitted call, timed right after
+Then the "after" experiment of issue 13: the seed's step, ours and the bare jitted call, each timed right after
 (a) nothing (back to back), (b) a 1 ms sleep, (c) reading 16 MiB of unrelated memory (evicts the caches,
 no sleep), (d) the model's NumPy forward/backward pass (what ``Model.train`` does between steps).
 Run: ``JAX_PLATFORMS=cpu python benchmarks/legacy_step_breakdown.py`` on an idle machine.
@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 import jax
 import numpy as np
+from mpneuralnetwork import optimizers as seed
 
 from mpnn_opt import optimizers as ours
 from mpnn_opt.optimizers import _staging, _stepper
@@ -99,61 +100,55 @@ def _bare_call(model) -> Callable[[], None]:
     return call
 
 
+def _samples(model, x, y, bare: Callable[[], None], kind: str, steps: int):
+    """``(step seconds, bare call seconds, {phase: seconds})`` of each timed step, each call right after ``kind``."""
+    for i in range(steps + 3):  # the first three warm up (compilation)
+        _before(kind, model, x, y)
+        _times.clear()
+        start = time.perf_counter()
+        model.optimizer.step(model.layers)
+        step_time = time.perf_counter() - start
+        phases = dict(_times)
+        _before(kind, model, x, y)
+        start = time.perf_counter()
+        bare()
+        if i >= 3:
+            yield step_time, time.perf_counter() - start, phases
+
+
+def _setup(module, name: str, factory, batch: int):
+    model, input_shape = legacy_step.build(factory, getattr(module, name)())
+    x, y = legacy_step.data(input_shape, batch)
+    _numpy_pass(model, x, y)
+    return model, x, y, _bare_call(model)
+
+
 def breakdown(factory, batch: int, steps: int) -> None:
     for name in legacy_step.CLASSES:
-        model, input_shape = legacy_step.build(factory, getattr(ours, name)())
-        x, y = legacy_step.data(input_shape, batch)
-        _numpy_pass(model, x, y)
-        bare = _bare_call(model)
-        totals, bare_times = [], []
-        phases: dict[str, list[float]] = collections.defaultdict(list)
-        for i in range(steps + 3):
-            _numpy_pass(model, x, y)
-            _times.clear()
-            start = time.perf_counter()
-            model.optimizer.step(model.layers)
-            total = time.perf_counter() - start
-            _numpy_pass(model, x, y)
-            start = time.perf_counter()
-            bare()
-            bare_time = time.perf_counter() - start
-            if i >= 3:
-                totals.append(total)
-                bare_times.append(bare_time)
-                for phase in PHASES:
-                    phases[phase].append(_times[phase])
-                phases["rest"].append(total - sum(_times[p] for p in PHASES))
+        model, x, y, bare = _setup(ours, name, factory, batch)
+        samples = list(_samples(model, x, y, bare, "NumPy pass", steps))
+        phases = {p: [s[2].get(p, 0.0) for s in samples] for p in PHASES}
+        phases["rest"] = [s[0] - sum(s[2].get(p, 0.0) for p in PHASES) for s in samples]
         cells = " | ".join(f"{statistics.median(phases[p]) * 1e3:.3f}" for p in (*PHASES, "rest"))
         print(
-            f"| {factory.__name__} | {name} | {statistics.median(totals) * 1e3:.3f} | {cells} | "
-            f"{statistics.median(bare_times) * 1e3:.3f} |",
+            f"| {factory.__name__} | {name} | {statistics.median(s[0] for s in samples) * 1e3:.3f} | {cells} | "
+            f"{statistics.median(s[1] for s in samples) * 1e3:.3f} |",
             flush=True,
         )
 
 
 def after(factory, batch: int, steps: int) -> None:
     for name in ("SGD", "Adam"):
-        model, input_shape = legacy_step.build(factory, getattr(ours, name)())
-        x, y = legacy_step.data(input_shape, batch)
-        _numpy_pass(model, x, y)
-        bare = _bare_call(model)
+        sides = {side: _setup(module, name, factory, batch) for side, module in (("seed", seed), ("ours", ours))}
         for kind in ("nothing", "sleep 1 ms", "read 16 MiB", "NumPy pass"):
-            step_times, bare_times = [], []
-            for i in range(steps + 3):
-                _before(kind, model, x, y)
-                start = time.perf_counter()
-                model.optimizer.step(model.layers)
-                step_time = time.perf_counter() - start
-                _before(kind, model, x, y)
-                start = time.perf_counter()
-                bare()
-                bare_time = time.perf_counter() - start
-                if i >= 3:
-                    step_times.append(step_time)
-                    bare_times.append(bare_time)
+            medians = {}
+            for side, (model, x, y, bare) in sides.items():
+                samples = list(_samples(model, x, y, bare, kind, steps))
+                medians[side] = statistics.median(s[0] for s in samples)
+                medians["bare"] = statistics.median(s[1] for s in samples)
             print(
-                f"| {factory.__name__} | {name} | {kind} | {statistics.median(step_times) * 1e6:.0f} | "
-                f"{statistics.median(bare_times) * 1e6:.0f} |",
+                f"| {factory.__name__} | {name} | {kind} | {medians['seed'] * 1e6:.0f} | {medians['ours'] * 1e6:.0f} | "
+                f"{medians['bare'] * 1e6:.0f} |",
                 flush=True,
             )
 
@@ -173,8 +168,8 @@ def main() -> None:
     for factory in models:
         breakdown(factory, *SIZES[factory.__name__])
     print("\nMedian us of the same step and of the bare jitted call, right after each kind of preceding work.\n")
-    print("| model | optimizer | right after | ours step (us) | bare jitted call (us) |")
-    print("|---|---|---|---|---|")
+    print("| model | optimizer | right after | seed step (us) | ours step (us) | bare jitted call (us) |")
+    print("|---|---|---|---|---|---|")
     for factory in (legacy_step.small_cnn, legacy_step.mlp_100k):
         after(factory, *SIZES[factory.__name__])
 
