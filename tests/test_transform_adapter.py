@@ -145,6 +145,32 @@ def test_a_state_handed_out_stays_valid_while_later_steps_reuse_spare_buffers(rn
     )
 
 
+def test_a_state_leaf_the_update_returns_as_it_is_is_never_donated(rng, monkeypatch):
+    # jit may return an unchanged input leaf (an injected constant learning rate) as the same array (JAX
+    # 0.10 copies it; forwarding is an optimization JAX has had): donating last step's state would then
+    # delete a leaf of the live state. Simulated: the update hands back its input's learning-rate leaf.
+    real = _stepper.compiled
+
+    def forwarding(*key):
+        functions = real(*key)
+
+        def update(params, grads, state, *rest):
+            new_params, new_state = functions.update(params, grads, state, *rest)
+            return new_params, new_state._replace(hyperparams=state.hyperparams)
+
+        return functions._replace(update=update)
+
+    monkeypatch.setattr(_stepper, "compiled", forwarding)
+    make = mpnn_opt.inject_hyperparams(mpnn_opt.adam)
+    params0, grads = random_tree(rng, SMALL), [random_tree(rng, SMALL) for _ in range(5)]
+    params, optimizer = _copy(params0), Transform(make(learning_rate=1e-2))
+    _step_all(optimizer, params, grads)
+    assert vars(optimizer)["_spare"].forwards
+    expected = run_transform(make(learning_rate=1e-2), _by_layer(params0), [_by_layer(g) for g in grads])
+    assert _same_tree(_by_layer(params), expected[-1])
+    assert not any(leaf.is_deleted() for leaf in jax.tree.leaves(optimizer.state))
+
+
 def test_the_gradients_are_left_untouched_and_layers_keep_their_arrays(rng):
     params, grads = random_tree(rng), random_tree(rng)
     before_grads, ids = _copy(grads), [id(a) for leaves in params.values() for a in leaves.values()]

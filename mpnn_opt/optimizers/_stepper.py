@@ -166,6 +166,7 @@ class _Spare(NamedTuple):
     key: tuple  # (layout, program): equal keys, equal shapes
     params: dict[str, jax.Array]
     state: Any
+    forwards: bool | None = None  # whether the update returns some state leaves as they are (None: not known yet)
 
 
 class Stepper:
@@ -258,7 +259,7 @@ class Stepper:
             host = {group: np.asarray(flat) for group, flat in new_flat.items()}
         except Exception as error:
             raise RuntimeError(f"{type(self).__name__}.step failed and changed no layer: {error}") from error
-        next_spare = None if spare is None else self._next_spare(spare.key, new_flat, state, new_state)
+        next_spare = None if spare is None else self._next_spare(spare, new_flat, state, new_state)
         return host, params, new_state, next_spare, bound
 
     @staticmethod
@@ -300,18 +301,23 @@ class Stepper:
             spare = _Spare(key, params, jax.tree.map(_zeros_like, state))
         return spare
 
-    def _next_spare(self, key: tuple, new_params: dict, old_state: Any, new_state: Any) -> _Spare | None:
+    def _next_spare(self, spare: _Spare, new_params: dict, old_state: Any, new_state: Any) -> _Spare | None:
         """The buffers the next step may donate: this step's new params and this step's input state.
 
         Not a state handed out to the caller. A leaf the update passed through unchanged (jit then returns
-        the input array itself) lives on in the new state: it gets a fresh buffer instead.
+        the input array itself) lives on in the new state: it gets a fresh buffer instead. Whether the
+        update forwards leaves is checked at the first steps of a layout and program (jit forwards the
+        same leaves at every call).
         """
         if old_state is self._shared:
             return None
-        living = {id(leaf) for leaf in jax.tree.leaves(new_state)}
-        if any(id(leaf) in living for leaf in jax.tree.leaves(old_state)):
-            old_state = jax.tree.map(lambda leaf: _zeros_like(leaf) if id(leaf) in living else leaf, old_state)
-        return _Spare(key, new_params, old_state)
+        forwards = spare.forwards
+        if forwards is not False:
+            living = {id(leaf) for leaf in jax.tree.leaves(new_state)}
+            forwards = any(id(leaf) in living for leaf in jax.tree.leaves(old_state))
+            if forwards:
+                old_state = jax.tree.map(lambda leaf: _zeros_like(leaf) if id(leaf) in living else leaf, old_state)
+        return _Spare(spare.key, new_params, old_state, forwards)
 
 
 def _zeros_like(leaf: Any) -> jax.Array:
