@@ -70,10 +70,11 @@ def _check(entry: Entry) -> None:
         raise TypeError(
             f"{entry.where}: the parameter has dtype {param.dtype}; only floating-point parameters can be optimized"
         )
-    grad_dtype = grad.dtype if isinstance(grad, np.ndarray) else np.result_type(grad)
+    is_array = isinstance(grad, np.ndarray)
+    grad_dtype = grad.dtype if is_array else np.result_type(grad)
     if grad_dtype.kind != "f":
         raise TypeError(f"{entry.where}: the gradient has dtype {grad_dtype}; expected a floating-point gradient")
-    if np.shape(grad) != param.shape:
+    if (grad.shape if is_array else np.shape(grad)) != param.shape:
         raise ValueError(
             f"{entry.where}: the gradient has shape {np.shape(grad)}, but the parameter has shape {param.shape}"
         )
@@ -141,10 +142,18 @@ def aligned_empty(size: int, dtype: Any) -> np.ndarray:
     return raw[offset : offset + size * itemsize].view(dtype)
 
 
-def stage(entries: list[Entry], layout: Layout, out: dict[str, np.ndarray], field: str) -> None:
-    """Copies each entry's ``field`` (``'param'`` or ``'grad'``) into its span of ``out``, cast to its dtype."""
-    for entry, (group, start, stop) in zip(entries, layout.spans):
-        np.copyto(out[group][start:stop].reshape(entry.param.shape), getattr(entry, field), casting="same_kind")
+def spans_of(layout: Layout, buffers: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Each leaf's span of ``buffers``, shaped as the leaf (views): where :func:`stage` copies it."""
+    return [
+        buffers[group][start:stop].reshape(shape)
+        for (_, _, shape), (group, start, stop) in zip(layout.leaves, layout.spans)
+    ]
+
+
+def stage(entries: list[Entry], spans: list[np.ndarray], field: str) -> None:
+    """Copies each entry's ``field`` (``'param'`` or ``'grad'``) into its span (from :func:`spans_of`), cast to its dtype."""
+    for entry, span in zip(entries, spans):
+        np.copyto(span, getattr(entry, field), casting="same_kind")
 
 
 def stage_round(pairs: list[tuple[int, Entry]], layout: Layout) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:

@@ -243,13 +243,14 @@ class Stepper:
         params, grads, options = self._buffers(layout)
         program = self._program()
         functions = self._functions(layout, options)
-        _staging.stage(entries, layout, params, "param")
+        param_spans, grad_spans = self._host[4:]  # pyright: ignore[reportOptionalSubscript]  # set by _buffers
+        _staging.stage(entries, param_spans, "param")
         hyper = self._hyper(layout.dtype)
         state, bound = self._live_state(entries, layout, params, functions, hyper)
         count = self._count()
         spare = None  # tied parameters run in rounds and use no spare buffers
         if not rounds:
-            _staging.stage(entries, layout, grads, "grad")
+            _staging.stage(entries, grad_spans, "grad")
             spare = self._take_spare((layout, program), state)
         try:
             if spare is None:
@@ -279,14 +280,20 @@ class Stepper:
         return compiled(self._program(), layout, options)
 
     def _buffers(self, layout: _staging.Layout) -> tuple[dict, dict, tuple]:
-        """Aligned host buffers for ``layout``'s params and grads, kept from step to step, and the compiler options for them."""
+        """Aligned host buffers for ``layout``'s params and grads, kept from step to step, and the compiler options for them.
+
+        ``self._host`` keeps ``(layout, params, grads, options, param spans, grad spans)``, the spans being
+        each leaf's view of the buffers (:func:`_staging.spans_of`).
+        """
         if self._host is None or self._host[0] != layout:
             params, grads = (
                 {group: _staging.aligned_empty(size, layout.dtype) for group, size in layout.sizes.items()}
                 for _ in range(2)
             )
-            self._host = (layout, params, grads, tuple(sorted(cpu_compiler_options(params).items())))
-        return self._host[1:]
+            options = tuple(sorted(cpu_compiler_options(params).items()))
+            spans = (_staging.spans_of(layout, params), _staging.spans_of(layout, grads))
+            self._host = (layout, params, grads, options, *spans)
+        return self._host[1:4]
 
     def _take_spare(self, key: tuple, state: Any) -> _Spare:
         """Last step's spare buffers (taken: a failed update consumes them), or fresh ones for a new layout or program.

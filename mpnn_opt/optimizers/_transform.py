@@ -191,7 +191,7 @@ class Transform(Stepper):
             with precision(layout):
                 params, _, options = self._buffers(layout)
                 functions = self._functions(layout, options)
-                _staging.stage(entries, layout, params, "param")
+                _staging.stage(entries, self._host[4], "param")  # pyright: ignore[reportOptionalSubscript]  # set by _buffers
                 state = functions.init(params, self._hyper(layout.dtype))
             vars(self).update(_state=state, _layout=layout, _pending=None, _shared=state)
             return state
