@@ -20,7 +20,9 @@ The key scheme::
   sums): the path of the parameter, its keys joined by ``/`` (``dense/weights``, ``layers/0/bias``),
   without the trailing ``.value`` of a flax variable. Scalars (counters, flags) have none.
 * ``name`` is there for the fields that hold named values (``hyperparams`` and ``scheduled`` of
-  :func:`mpnn_opt.inject_hyperparams`): ``inject_hyperparams.hyperparams.learning_rate``.
+  :func:`mpnn_opt.inject_hyperparams`): ``inject_hyperparams.hyperparams.learning_rate``, and for the
+  parts of a per-parameter record (a named tuple where the params have an array, such as the 8-bit
+  state's ``QuantizedBlocks``): ``dense/bias:scale_by_adam_8bit.momentums.values`` and ``...scales``.
 * Wrappers are transparent: the state under ``inner_state`` (of ``inject_hyperparams``,
   ``accumulate``, ``skip_non_finite``, ``masked``, a schedule) and the members of a ``chain`` are
   keyed as if they stood alone, so wrapping an optimizer keeps its moments' keys. The groups of
@@ -57,7 +59,7 @@ _NAMED_VALUE_FIELDS = ("hyperparams", "scheduled")  # name -> scalar, not a mirr
 def state_kind(state_type: type) -> str:
     """The stage name of a state class: ``ScaleByAdamState`` -> ``'scale_by_adam'``."""
     name = state_type.__name__.removesuffix("State") or state_type.__name__
-    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])|(?<=[A-Za-z])(?=[0-9])", "_", name).lower()
 
 
 def _is_named_tuple(node: Any) -> bool:
@@ -112,12 +114,29 @@ class _Keyer:
                 fields[field] = self.state(value, scope)
             else:
                 fields[field] = jax.tree_util.tree_map_with_path(
-                    lambda path, leaf, field=field: self.leaf(
-                        (f"{_parameter_key(path)}:" if path else "") + f"{stage}.{field}", leaf
-                    ),
+                    lambda path, leaf, field=field: self.mirrored(path, f"{stage}.{field}", leaf),
                     value,
+                    is_leaf=_is_named_tuple,
                 )
         return type(node)(**fields)
+
+    def mirrored(self, path: tuple, suffix: str, leaf: Any) -> Any:
+        """A value of a field that mirrors the params: keyed by the parameter's path.
+
+        A named tuple there is a per-parameter record (``QuantizedBlocks(values, scales)``): each of its
+        fields extends the key, ``dense/bias:scale_by_adam_8bit.momentums.values``.
+        """
+        prefix = f"{_parameter_key(path)}:" if path else ""
+        if not _is_named_tuple(leaf):
+            return self.leaf(prefix + suffix, leaf)
+        return type(leaf)(
+            **{
+                name: jax.tree_util.tree_map(
+                    lambda value, name=name: self.leaf(f"{prefix}{suffix}.{name}", value), getattr(leaf, name)
+                )
+                for name in leaf._fields
+            }
+        )
 
 
 def _map_keyed(fn: Callable[[str, Any], Any], state: OptState) -> tuple[Any, list[str]]:

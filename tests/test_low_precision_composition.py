@@ -18,8 +18,8 @@ The trees hold a 2-D leaf whose size is a multiple of 256 (``embed/weights``), 2
 not (``dense/weights`` 960, ``dense/bias`` 300, ``head/weights`` 280) and a scalar (``norm/scale``), with gradient
 scales from 2 down to 1e-3.
 
-Three strict xfails record what does not compose yet: accumulate around master_weights with bfloat16 gradients,
-state_shardings on the 8-bit state, and the 8-bit state's checkpoint keys.
+Two strict xfails record what does not compose yet: accumulate around master_weights with bfloat16 gradients,
+and state_shardings on the 8-bit state.
 """
 
 from __future__ import annotations
@@ -574,16 +574,18 @@ def test_state_shardings_shard_every_state_array_of_a_parameter_like_the_paramet
 # checkpoint keys and stochastic rounding
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the 8-bit state's keys append the QuantizedBlocks field to the parameter path "
-    "('dense/bias/values:scale_by_adam8bit.momentums'), against checkpoint's scheme "
-    "'[parameter path :] stage . field [. name]'",
-)
 def test_the_8bit_state_is_keyed_by_its_parameters_paths():
     params = {"dense": {"bias": jnp.zeros((300,))}}
     keys = state_dict(jax.eval_shape(optimizer("8-bit state").init, params))
     assert {parameter_of(key) for key in keys if parameter_of(key)} == {"dense/bias"}
+    # '[parameter path :] stage . field . name', the record's parts as names
+    assert sorted(keys) == [
+        "dense/bias:scale_by_adam_8bit.momentums.scales",
+        "dense/bias:scale_by_adam_8bit.momentums.values",
+        "dense/bias:scale_by_adam_8bit.root_velocities.scales",
+        "dense/bias:scale_by_adam_8bit.root_velocities.values",
+        "scale_by_adam_8bit.count",
+    ]
 
 
 @pytest.mark.parametrize("name", ["master weights, 8-bit", "bf16 moments"])
