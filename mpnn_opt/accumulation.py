@@ -26,7 +26,8 @@ class AccumulateState(NamedTuple):
 def accumulate(inner: AnyTransformation, every_k: int) -> GradientTransformation:
     """Sums ``every_k`` micro-batch gradients and runs ``inner`` once on their mean.
 
-    On micro-steps ``1..k-1`` the updates are zeros and ``inner`` does not run at all (a ``lax.cond``:
+    On micro-steps ``1..k-1`` the updates are zeros (in the dtypes ``inner``'s updates have) and ``inner``
+    does not run at all (a ``lax.cond``:
     its clipping, moments and weight decay are computed once per real step, unlike a wrapper that runs
     them every micro-step). On micro-step ``k`` the updates are ``inner(mean of the k gradients)``.
     The extra memory is one params-sized sum. Equals optax ``MultiSteps(inner, k)`` in its numbers.
@@ -53,7 +54,10 @@ def accumulate(inner: AnyTransformation, every_k: int) -> GradientTransformation
 
         def micro(operands):
             gradient_sum, inner_state = operands
-            return tree_map(jnp.zeros_like, updates), inner_state, gradient_sum
+            # zeros of the real step's update dtypes, which may differ from the gradients' (master_weights
+            # gives float32 updates for bfloat16 gradients): both branches of the cond must agree
+            real_updates = jax.eval_shape(real_step, operands)[0]
+            return jax.tree.map(lambda u: jnp.zeros(u.shape, u.dtype), real_updates), inner_state, gradient_sum
 
         new_updates, inner_state, gradient_sum = jax.lax.cond(
             micro_step >= every_k, real_step, micro, (gradient_sum, state.inner_state)
