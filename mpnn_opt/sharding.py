@@ -7,7 +7,8 @@ layout of the state follows from the layout of the params:
 * :func:`state_shardings` returns, for a transform ``tx``, a tree shaped like ``tx.init(params)``
   whose leaves are ``NamedSharding`` s: each per-parameter leaf gets its parameter's sharding,
   every other leaf (counts, scalars, leaves whose shape differs from the parameter's) is
-  replicated over the mesh. It never runs ``init``: it reads the state's structure with
+  replicated over the mesh. A per-parameter record in place of a leaf (the 8-bit state's
+  ``QuantizedBlocks``) is laid out by its own ``shardings_for`` (blocks follow the parameter's shards). It never runs ``init``: it reads the state's structure with
   ``jax.eval_shape``, so ``params`` may be real arrays or ``jax.ShapeDtypeStruct`` s.
 * ``zero_axis='data'`` (ZeRO stage 1) additionally splits each per-parameter state leaf over that
   mesh axis, on its first dimension that is not sharded yet and whose size the axis divides;
@@ -75,22 +76,26 @@ def state_shardings(
 
     def mirrors_params(node: Any) -> bool:
         # a per-parameter state tree: the params' structure, with None where a mask left a leaf out
-        # (masked and partition keep such trees), so None counts as a leaf here
+        # (masked and partition keep such trees), so None counts as a leaf here; or a tree of
+        # per-parameter records (the 8-bit state's QuantizedBlocks) in place of the params' leaves
         if node is None:
             return False
         return (
-            jax.tree.structure(node) == params_def or jax.tree.structure(node, is_leaf=_is_none) == params_def_with_none
+            jax.tree.structure(node) == params_def
+            or jax.tree.structure(node, is_leaf=_is_none) == params_def_with_none
+            or jax.tree.structure(node, is_leaf=_is_none_or_record) == params_def_with_none
         )
 
     def for_subtree(node: Any) -> Any:
         if not mirrors_params(node):
             return jax.tree.map(lambda _: replicated, node)
-        state_leaves = jax.tree.leaves(node, is_leaf=_is_none)
+        is_leaf = _is_none if jax.tree.structure(node, is_leaf=_is_none) == params_def_with_none else _is_none_or_record
+        state_leaves = jax.tree.leaves(node, is_leaf=is_leaf)
         leaves = [
             None if state_leaf is None else _leaf_sharding(state_leaf, param, sharding, zero_axis, replicated)
             for state_leaf, param, sharding in zip(state_leaves, flat_params_with_none, flat_shardings_with_none)
         ]
-        return jax.tree.unflatten(jax.tree.structure(node, is_leaf=_is_none), leaves)
+        return jax.tree.unflatten(jax.tree.structure(node, is_leaf=is_leaf), leaves)
 
     flat_params_with_none = jax.tree.leaves(params, is_leaf=_is_none)
     flat_shardings_with_none = _align_with_none(flat_params_with_none, flat_shardings)
@@ -99,6 +104,10 @@ def state_shardings(
 
 def _is_none(node: Any) -> bool:
     return node is None
+
+
+def _is_none_or_record(node: Any) -> bool:
+    return node is None or (isinstance(node, tuple) and hasattr(node, "_fields"))
 
 
 def _align_with_none(flat_params_with_none: list, flat_shardings: list) -> list:
@@ -128,8 +137,25 @@ def _common_mesh(flat_shardings: list) -> Any:
     return mesh
 
 
-def _leaf_sharding(state_leaf, param, sharding: NamedSharding, zero_axis, replicated) -> NamedSharding:
-    """The parameter's sharding for a same-shaped state leaf, plus ``zero_axis`` where it fits."""
+def _leaf_sharding(state_leaf, param, sharding: NamedSharding, zero_axis, replicated) -> Any:
+    """The parameter's sharding for a same-shaped state leaf, plus ``zero_axis`` where it fits.
+
+    A per-parameter record (a named tuple, such as the 8-bit state's ``QuantizedBlocks``) lays itself
+    out with its ``shardings_for(param_shape, sharding)``, which returns the record with a sharding per
+    field; a record without one is replicated.
+    """
+    if _is_none_or_record(state_leaf):
+        shardings_for = getattr(state_leaf, "shardings_for", None)
+        if shardings_for is None:
+            return jax.tree.map(lambda _: replicated, state_leaf)
+        laid_out = shardings_for(tuple(np.shape(param)), sharding)
+        if zero_axis is None:
+            return laid_out
+        return jax.tree.map(
+            lambda leaf, field: NamedSharding(field.mesh, _add_axis(field.spec, leaf.shape, zero_axis, field.mesh)),
+            state_leaf,
+            laid_out,
+        )
     if tuple(state_leaf.shape) != tuple(np.shape(param)):
         return replicated
     if zero_axis is None:
