@@ -11,9 +11,10 @@ keeps falling. Two remedies (see ``docs/low-precision.md``):
   up or down at random with the probabilities that make its expected value the exact sum, so
   small steps survive on average. No extra memory; it needs a PRNG key per step.
 
-And for the state: :func:`scale_by_adam_8bit` keeps Adam's two moments in 8 bits per value with a
-float32 scale per block of up to 256 values along each tensor's last axis (about 2.03 bytes a
-parameter instead of 8; a tensor sharded on its leading axes keeps that sharding).
+And for the state: :func:`scale_by_adam_8bit` keeps Adam's two moments in 8 bits per value (a cube
+map, rounded stochastically) with a float32 scale per block of up to 256 values along each tensor's
+last axis: about 2.03 bytes a parameter instead of 8, and a tensor sharded on its leading axes keeps
+that sharding.
 """
 
 from __future__ import annotations
@@ -151,7 +152,7 @@ BLOCK_SIZE = 256  # the default block_size of scale_by_adam_8bit
 class QuantizedBlocks(NamedTuple):
     """One tensor in 8 bits, in blocks along its trailing axes (see :func:`scale_by_adam_8bit`)."""
 
-    values: jax.Array  # shape[:k] + (blocks, length): int8 (m) or uint8 (sqrt(v)), the padding zeros
+    values: jax.Array  # shape[:k] + (blocks, length): int8 (m) or uint8 (v) levels, 0 in the padding
     scales: jax.Array  # shape[:k] + (blocks,) float32, each block's largest magnitude
 
 
@@ -206,20 +207,36 @@ def _unblock(blocks: jax.Array, like: jax.Array) -> jax.Array:
     return jax.sharding.reshard(merged, wanted)  # back from _within_shards' replicated axes: a local slice
 
 
-def _quantize(x: jax.Array, signed: bool, block_size: int) -> QuantizedBlocks:
-    blocks = _blocks(x, block_size)
+def _level(j: jax.Array, levels: int) -> jax.Array:
+    """The cube map: level ``j`` reads back as ``(j / levels)^3`` of the block's scale."""
+    return jnp.power(j / levels, 3)
+
+
+def _quantize(blocks: jax.Array, signed: bool, dither: jax.Array) -> QuantizedBlocks:
+    """Stochastic rounding of ``a = |x| / s`` to one of its two neighbouring levels, the upper where
+    ``dither < (a - lower) / (upper - lower)``: ``E[read back] = x`` (see :func:`scale_by_adam_8bit`)."""
+    levels = 127 if signed else 255
     scales = jnp.max(jnp.abs(blocks), axis=-1)
-    levels = 127.0 if signed else 255.0
-    ratio = blocks / jnp.where(scales > 0, scales, 1.0)[..., None] * levels
-    # nearest level; a nonzero sqrt(v) reads back as at least one level, never 0 (rounding up would
-    # ratchet: v's decay per step, 0.05% at beta2 = 0.999, is far below one level)
-    q = jnp.round(ratio) if signed else jnp.where(ratio > 0, jnp.maximum(jnp.round(ratio), 1.0), 0.0)
-    return QuantizedBlocks(q.astype(jnp.int8 if signed else jnp.uint8), scales)
+    a = jnp.abs(blocks) / jnp.where(scales > 0, scales, 1.0)[..., None]
+    j = jnp.clip(jnp.floor(levels * jnp.cbrt(a)), 0, levels - 1)
+    j = jnp.where((_level(j, levels) > a) & (j > 0), j - 1, j)  # the root's rounding, one level either way
+    j = jnp.where((_level(j + 1, levels) <= a) & (j < levels - 1), j + 1, j)
+    lower, upper = _level(j, levels), _level(j + 1, levels)
+    q = j + (dither < (a - lower) / (upper - lower)).astype(j.dtype)
+    if signed:
+        return QuantizedBlocks((jnp.sign(blocks) * q).astype(jnp.int8), scales)
+    # a positive sqrt(v) never reads back as 0, so m / sqrt(v) stays bounded (over-estimating sqrt(v) < s / 255^3)
+    return QuantizedBlocks(jnp.where(a > 0, jnp.maximum(q, 1), 0).astype(jnp.uint8), scales)
 
 
 def _dequantize(q: QuantizedBlocks, like: jax.Array, signed: bool) -> jax.Array:
-    levels = 127.0 if signed else 255.0
-    return _unblock(q.values.astype(jnp.float32) * (q.scales / levels)[..., None], like)
+    return _unblock(_level(q.values.astype(jnp.float32), 127 if signed else 255) * q.scales[..., None], like)
+
+
+def _dithers(key: jax.Array, blocks: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Two uniform dithers in ``[0, 1)`` from one draw of 32 bits a value: its high and its low 16 bits."""
+    bits = jax.random.bits(key, blocks.shape, jnp.uint32, out_sharding=jax.typeof(blocks).sharding)
+    return (bits >> 16).astype(jnp.float32) / 65536, (bits & 0xFFFF).astype(jnp.float32) / 65536
 
 
 class ScaleByAdam8bitState(NamedTuple):
@@ -227,7 +244,7 @@ class ScaleByAdam8bitState(NamedTuple):
 
     count: jax.Array  # int32 steps taken
     momentums: Any  # QuantizedBlocks of m (int8), mirrors params
-    root_velocities: Any  # QuantizedBlocks of sqrt(v) (uint8), mirrors params
+    velocities: Any  # QuantizedBlocks of sqrt(v) (uint8), mirrors params
 
 
 def scale_by_adam_8bit(
@@ -235,29 +252,47 @@ def scale_by_adam_8bit(
 ) -> GradientTransformation:
     """:func:`mpnn_opt.transforms.scale_by_adam` with both moments stored in 8 bits, block-wise.
 
+    Each step dequantizes ``m`` and ``v``, runs Adam's recursion and direction in float32 (the direction uses
+    the float32 ``m_t``, ``v_t``, before they are requantized) and requantizes them.
+
     Blocks (``block_size``: a positive int, default 256, the longest block). A tensor of shape ``S`` is
     blocked along its trailing axes: ``S[k:]`` is read as one axis of ``n = prod(S[k:])`` values, with
     ``k`` the largest index for which ``n >= block_size`` (``k = ndim - 1``, the last axis alone, whenever
     that axis has at least ``block_size`` values; ``k = 0``, the tensor flattened, when it has fewer
     values in all). That axis is cut into ``ceil(n / length)`` blocks of the same ``length =
     ceil(n / ceil(n / block_size))`` values, the last zero-padded (fewer than ``length`` padding
-    values; ``length = block_size`` whenever ``block_size`` divides ``n``). Each block stores 8-bit
-    values of shape ``S[:k] + (blocks, length)`` and a float32 scale ``s`` (shape ``S[:k] + (blocks,)``),
-    the block's largest magnitude:
+    values; ``length = block_size`` whenever ``block_size`` divides ``n``). A moment is stored as 8-bit
+    levels ``q`` of shape ``S[:k] + (blocks, length)`` and a float32 scale ``s`` per block (shape
+    ``S[:k] + (blocks,)``), the block's largest magnitude. Both moments use the cube map:
 
-    * ``m`` as int8: ``q = round(127 * m / s)``, read back as ``m = q * s / 127``;
-    * ``v`` through its square root, as uint8: ``q = max(round(255 * sqrt(v) / s), 1)`` where ``v > 0``
-      (``q = 0`` where ``v = 0``), with ``s = max sqrt(v)``, read back as ``v = (q * s / 255)^2``. The
-      root halves v's dynamic range (a block spans 255 levels of sqrt(v), i.e. 65,025 of v), and the
-      one-level floor means a nonzero ``v`` never reads back as 0, so ``m / sqrt(v)`` cannot blow up:
-      the smallest values are over-estimated, which only shortens their step. Rounding every value up
-      instead would ratchet: ``v``'s decay per step (0.05% at ``beta2 = 0.999``) is below one level.
+    * ``m`` as int8, ``q`` in ``[-127, 127]``, read back as ``m = s * (q / 127)^3``;
+    * ``v`` through its square root, as uint8, ``q`` in ``[0, 255]``, read back as
+      ``sqrt(v) = s * (q / 255)^3`` (``s``: the block's largest ``sqrt(v)``).
 
-    Each step dequantizes both moments, runs Adam's recursion and direction in float32 (the direction
-    uses the float32 ``m_t``, ``v_t``, before they are requantized) and requantizes. The state is
-    ``1 + 1`` bytes a value plus ``2 * 4 / length`` for the scales: 2.03 bytes a parameter at length
-    256, against 8 for float32 moments (a tensor of fewer than ``block_size`` values pays
-    ``8 / size`` for its one pair of scales).
+    The cube keeps small values: the first level is ``s / 127^3 = 4.9e-7 s`` for ``m`` and ``s / 255^3 =
+    6.0e-8 s`` for ``sqrt(v)`` (3.6e-15 of the block's largest ``v``), and a level's relative spacing is
+    ``3 / q`` (3% at ``q = 100``) where a linear map's is ``1 / q``. Rounding is stochastic and unbiased: with
+    ``x`` the float32 value (``m``, or ``sqrt(v)``), ``a = |x| / s`` and ``j`` the level below it
+    (``(j / L)^3 <= a < ((j + 1) / L)^3``, ``L`` = 127 or 255), ``q = sign(x) * (j + [u < p])`` with
+    ``p = (a - (j / L)^3) / (((j + 1) / L)^3 - (j / L)^3)``, so ``E[read back] = x``. Rounding to the nearest
+    level would be biased where it matters: ``v`` moves by 0.1% a step at ``beta2 = 0.999``, far less than a
+    level, so a nearest-rounded ``v`` stops following the gradients (on the tests' three tasks the final
+    loss then ends up to 4.7%, 8.0% and 15.7% off the float32-state run's, against 1.1% with the dither).
+    A positive ``sqrt(v)`` never reads back as 0 (``q >= 1``), so ``m / sqrt(v)`` stays bounded; below the
+    first level this over-estimates ``v``, which only shortens the step. Zeros (and the padding) stay 0.
+
+    The dither ``u`` is a fixed function of the step and the leaf, so runs are reproducible and a sharded
+    run gives the one-device numbers (with jax's default ``jax_threefry_partitionable``):
+    ``bits = jax.random.bits(fold_in(fold_in(key(0), t), i), shape, uint32)``, with ``t`` the step count
+    after the increment (1 on the first step), ``i`` the leaf's index in
+    ``jax.tree.leaves(updates, is_leaf=lambda x: x is None)`` and ``shape`` the levels' shape;
+    ``u = (bits >> 16) / 2^16`` for ``m`` and ``(bits & 0xFFFF) / 2^16`` for ``sqrt(v)``.
+
+    Memory: ``1 + 1`` bytes a value plus ``2 * 4 / length`` for the scales, 2.03 bytes a parameter at length
+    256 against 8 for float32 moments (a tensor of fewer than ``block_size`` values pays ``8 / size``).
+    Measured with :func:`mpnn_opt.per_device_nbytes`: 2.032 (a 17,409-parameter MLP), 2.033 (6,408), 2.043
+    (a 2,497-parameter RNN); over 400 steps on their tasks (tests/test_low_precision.py) the final loss is
+    within 1.1% of the float32-state run's on each of 12 data seeds, never NaN.
 
     Sharding. Blocks never cross the axes ``S[:k]``, so a tensor sharded on any of them keeps that
     sharding in its state and its update needs no communication. The blocked axis (with the default, the
@@ -280,11 +315,14 @@ def scale_by_adam_8bit(
 
     def init_fn(params: Params) -> ScaleByAdam8bitState:
         check_float_leaves(params, "params")
-        zeros = tree_map(lambda p: jnp.zeros_like(p, jnp.float32), as_arrays(params))  # keeps an explicit sharding
+
+        def zeros(p: jax.Array, signed: bool) -> QuantizedBlocks:
+            blocks = _blocks(jnp.zeros_like(p, jnp.float32), block_size)  # zeros_like keeps an explicit sharding
+            return _quantize(blocks, signed, jnp.zeros_like(blocks))
+
+        params = as_arrays(params)
         return ScaleByAdam8bitState(
-            zero_count(),
-            tree_map(lambda z: _quantize(z, True, block_size), zeros),
-            tree_map(lambda z: _quantize(z, False, block_size), zeros),
+            zero_count(), tree_map(lambda p: zeros(p, True), params), tree_map(lambda p: zeros(p, False), params)
         )
 
     def update_fn(updates: Updates, state: ScaleByAdam8bitState, params: Params | None = None):
@@ -295,16 +333,29 @@ def scale_by_adam_8bit(
         count = safe_increment(state.count)
         bc1 = bias_correction(beta1, count, jnp.float32)
         sqrt_bc2 = jnp.sqrt(bias_correction(beta2, count, jnp.float32))
+        step_key = jax.random.fold_in(jax.random.key(0), count)
+        leaves, treedef = jax.tree.flatten(updates, is_leaf=lambda x: x is None)
+        keys = jax.tree.unflatten(treedef, [jax.random.fold_in(step_key, i) for i in range(len(leaves))])
 
-        def step(g, m_q, r_q):
+        def step(g, m_q, v_q, key):
             g32 = g.astype(jnp.float32)
             m = beta1 * _dequantize(m_q, g32, True) + (1 - beta1) * g32
-            v = beta2 * jnp.square(_dequantize(r_q, g32, False)) + (1 - beta2) * jnp.square(g32)
+            v = beta2 * jnp.square(_dequantize(v_q, g32, False)) + (1 - beta2) * jnp.square(g32)
             direction = (m / bc1) / (safe_sqrt(v) / sqrt_bc2 + safe_epsilon(epsilon, jnp.float32))
-            return direction.astype(g.dtype), _quantize(m, True, block_size), _quantize(safe_sqrt(v), False, block_size)
+            m_blocks, r_blocks = _blocks(m, block_size), _blocks(safe_sqrt(v), block_size)
+            m_dither, r_dither = _dithers(key, m_blocks)
+            return (
+                direction.astype(g.dtype),
+                _quantize(m_blocks, True, m_dither),
+                _quantize(r_blocks, False, r_dither),
+            )
 
-        out = tree_map(step, updates, state.momentums, state.root_velocities)
-        new_updates, momentums, roots = unzip(updates, out, 3)
-        return new_updates, ScaleByAdam8bitState(count, momentums, roots)
+        out = tree_map(step, updates, state.momentums, state.velocities, keys)
+        new_updates, momentums, velocities = unzip(updates, out, 3)
+        return new_updates, ScaleByAdam8bitState(count, momentums, velocities)
 
     return GradientTransformation(init_fn, update_fn)
+
+
+# the block layout is a shape, not a number: inject_hyperparams keeps it static
+scale_by_adam_8bit.static_hyperparameters = ("block_size",)  # type: ignore[attr-defined]

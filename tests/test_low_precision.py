@@ -15,7 +15,7 @@ import pytest
 
 import mpnn_opt
 from mpnn_opt import transforms
-from mpnn_opt.precision import MasterWeightsState, QuantizedBlocks
+from mpnn_opt.precision import MasterWeightsState
 
 BF16 = jnp.bfloat16
 BF16_HALF_ULP = 2.0**-9  # bfloat16 keeps 8 significant bits: one rounding is off by at most 2^-9, relative
@@ -317,9 +317,9 @@ def test_stochastic_rounding_is_unbiased_and_lands_on_a_neighbour():
 # 8-bit block-wise moments
 
 
-def _mlp_task():
-    """A 32-512-1 tanh MLP (17,409 params) regressing a noisy sine of a projection, 4096 samples, fixed seed."""
-    rng = np.random.default_rng(0)
+def _mlp_regression(seed: int):
+    """A 32-512-1 tanh MLP (17,409 params) regressing a noisy sine of a projection of 4096 samples; Adam lr 1e-3."""
+    rng = np.random.default_rng(seed)
     x = jnp.asarray(rng.normal(size=(4096, 32)), jnp.float32)
     y = jnp.sin(x @ jnp.asarray(rng.normal(size=(32, 1)), jnp.float32) / 4)
     y = y + 0.1 * jnp.asarray(rng.normal(size=(4096, 1)), jnp.float32)
@@ -334,38 +334,84 @@ def _mlp_task():
     def loss(p):
         return jnp.mean((jnp.tanh(x @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"] - y) ** 2)
 
-    return loss, params
+    return loss, params, 1e-3
 
 
-def test_8bit_adam_state_is_about_2_bytes_a_parameter_and_trains_as_float32_state():
-    """400 Adam steps (lr 1e-3): final loss at most 2% above the float32-state run's (measured: 0.00470 vs 0.00465,
-    +1.0%; +3.6% with data seed 6, so the 2% bound is met here, not everywhere), never NaN; the state measures 2.03 bytes a parameter with per_device_nbytes (8.00 for float32)."""
-    loss, params = _mlp_task()
-    n = sum(leaf.size for leaf in jax.tree.leaves(params))
+def _mlp_classifier(seed: int):
+    """A 16-256-8 ReLU MLP (6,408 params), softmax cross-entropy on 2048 samples labelled by a random tanh teacher,
+    10% of the labels replaced at random (so the loss stays well above 0); Adam lr 1e-3."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(2048, 16)).astype(np.float32)
+    labels = (np.tanh(x @ rng.normal(size=(16, 32))) @ rng.normal(size=(32, 8))).argmax(axis=1)
+    labels = np.where(rng.random(2048) < 0.1, rng.integers(0, 8, 2048), labels)
+    onehot = jax.nn.one_hot(jnp.asarray(labels), 8)
+    k1, k2 = jax.random.split(jax.random.key(seed))
+    params = {
+        "w1": jax.random.normal(k1, (16, 256)) / 4,
+        "b1": jnp.zeros(256),
+        "w2": jax.random.normal(k2, (256, 8)) / 16,
+        "b2": jnp.zeros(8),
+    }
 
-    def run(direction):
-        tx = mpnn_opt.chain(direction, mpnn_opt.scale_by_learning_rate(1e-3))
+    def loss(p):
+        logits = jax.nn.relu(jnp.asarray(x) @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"]
+        return -jnp.mean(jnp.sum(onehot * jax.nn.log_softmax(logits), axis=-1))
 
-        @jax.jit
-        def train(params):
-            def step(carry, _):
-                params, state = carry
-                updates, state = tx.update(jax.grad(loss)(params), state, params)
-                params = mpnn_opt.apply_updates(params, updates)
-                return (params, state), loss(params)
+    return loss, params, 1e-3
 
-            return jax.lax.scan(step, (params, tx.init(params)), None, length=400)
 
-        (_, state), losses = train(params)
-        return np.asarray(losses), sum(mpnn_opt.per_device_nbytes(state).values()) / n
+def _rnn_sequence(seed: int):
+    """A tanh RNN (2 inputs, 48 hidden units, a linear readout: 2,497 params) reading 256 sequences of 24 steps and
+    predicting, at each step, a noisy sine of a leaky running sum of the inputs; Adam lr 1e-3."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(256, 24, 2)).astype(np.float32)
+    running, targets, weights = np.zeros(256), [], rng.normal(size=2)
+    for t in range(24):
+        running = 0.8 * running + x[:, t] @ weights
+        targets.append(np.sin(running))
+    y = jnp.asarray(np.stack(targets, axis=1)[..., None] + 0.1 * rng.normal(size=(256, 24, 1)), jnp.float32)
+    k = jax.random.split(jax.random.key(seed), 3)
+    params = {
+        "w_in": jax.random.normal(k[0], (2, 48)) / np.sqrt(2),
+        "w_h": jax.random.normal(k[1], (48, 48)) * 0.9 / np.sqrt(48),
+        "b": jnp.zeros(48),
+        "w_out": jax.random.normal(k[2], (48, 1)) / np.sqrt(48),
+        "b_out": jnp.zeros(1),
+    }
 
-    f32, f32_bytes = run(mpnn_opt.scale_by_adam())
-    q8, q8_bytes = run(mpnn_opt.scale_by_adam_8bit())
+    def loss(p):
+        def cell(h, x_t):
+            h = jnp.tanh(x_t @ p["w_in"] + h @ p["w_h"] + p["b"])
+            return h, h @ p["w_out"] + p["b_out"]
+
+        _, out = jax.lax.scan(cell, jnp.zeros((256, 48)), jnp.swapaxes(jnp.asarray(x), 0, 1))
+        return jnp.mean((jnp.swapaxes(out, 0, 1) - y) ** 2)
+
+    return loss, params, 1e-3
+
+
+EIGHT_BIT_TASKS = {"mlp regression": _mlp_regression, "mlp classifier": _mlp_classifier, "rnn sequence": _rnn_sequence}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("task", EIGHT_BIT_TASKS)
+def test_8bit_adam_trains_as_float32_state_adam_in_about_2_bytes_a_parameter(task, seed):
+    """400 full-batch steps: the final loss within 2% of the float32-state run's (oracle: optax.scale_by_adam),
+    never NaN, and the state at most 2.1 bytes a parameter by per_device_nbytes (8.0 with float32 moments).
+
+    Measured (final loss vs the oracle's, seeds 0, 1, 2): mlp regression -0.53%, -0.49%, -0.18%; mlp classifier
+    -0.00%, +0.07%, +0.07%; rnn sequence -0.12%, +0.22%, -0.22%. Over seeds 0..11 the largest gaps are 0.83%,
+    0.24%, 1.01%. Bytes a parameter: 2.032, 2.033, 2.043. Rounding to the nearest level instead (the dither at
+    0.5) ends up to 4.7%, 8.0%, 15.7% off; the earlier linear map with nearest rounding 4.7%, 10.3%, 10.7%."""
+    loss, params, lr = EIGHT_BIT_TASKS[task](seed)
+    oracle = _losses(optax.chain(optax.scale_by_adam(), optax.scale(-lr)), loss, params, 400)
+    tx = mpnn_opt.chain(mpnn_opt.scale_by_adam_8bit(), mpnn_opt.scale_by_learning_rate(lr))
+    q8 = _losses(tx, loss, params, 400)
     assert np.all(np.isfinite(q8))
-    assert q8[-1] <= 1.02 * f32[-1]
-    assert q8[-1] < 0.02 * q8[0]
-    assert f32_bytes == pytest.approx(8.0, abs=0.01)
-    assert q8_bytes <= 2.1
+    assert abs(q8[-1] / oracle[-1] - 1) <= 0.02, (q8[-1], oracle[-1])
+    assert q8[-1] < 0.5 * q8[0]  # it learned
+    n = sum(leaf.size for leaf in jax.tree.leaves(params))
+    assert sum(mpnn_opt.per_device_nbytes(tx.init(params)).values()) / n <= 2.1
 
 
 @pytest.mark.parametrize(
@@ -386,7 +432,7 @@ def test_8bit_adam_state_is_about_2_bytes_a_parameter_and_trains_as_float32_stat
 def test_8bit_blocks_run_along_the_trailing_axes_that_reach_block_size(shape, block_size, values_shape):
     tx = mpnn_opt.scale_by_adam_8bit(block_size=block_size)
     state = tx.init({"w": jnp.zeros(shape)})
-    for q, dtype in ((state.momentums["w"], jnp.int8), (state.root_velocities["w"], jnp.uint8)):
+    for q, dtype in ((state.momentums["w"], jnp.int8), (state.velocities["w"], jnp.uint8)):
         assert q.values.shape == values_shape and q.values.dtype == dtype
         assert q.scales.shape == values_shape[:-1] and q.scales.dtype == jnp.float32
 
@@ -397,16 +443,116 @@ def test_8bit_block_size_must_be_a_positive_int(block_size, error):
         mpnn_opt.scale_by_adam_8bit(block_size=block_size)
 
 
-def test_8bit_blocks_read_back_within_half_a_level_and_keep_small_second_moments():
+def _levels(levels: int, power: int) -> np.ndarray:
+    """The documented read-back levels ``(j / levels)^power``, ``j = 0..levels``, in float64."""
+    return (np.arange(levels + 1) / levels) ** power
+
+
+def _round_by_hand(x: np.ndarray, scales: np.ndarray, table: np.ndarray, dither: np.ndarray) -> np.ndarray:
+    """The documented rounding of ``|x| / s``: the lower level ``j`` (the largest with ``table[j] <= a``), plus one
+    where ``dither < (a - table[j]) / (table[j + 1] - table[j])``."""
+    a = np.abs(x.astype(np.float64)) / np.where(scales > 0, scales, 1.0)[..., None]
+    j = np.clip(np.searchsorted(table, a, side="right") - 1, 0, len(table) - 2)
+    p = (a - table[j]) / (table[j + 1] - table[j])
+    return j + (dither < p), np.abs(dither - p)
+
+
+def test_8bit_state_after_one_step_is_the_documented_formula_computed_by_hand():
+    """From the zero state, one step stores ``m = 0.1 g`` and ``sqrt(v) = sqrt(0.001) |g|``; both are blocked as
+    documented ((2, 300) -> 2 x 2 blocks of 150), scaled by each block's largest magnitude and rounded with the
+    documented dither (the high / low 16 bits of ``jax.random.bits(fold_in(fold_in(key(0), 1), 0))``). numpy in
+    float64 finds the same levels, except where the dither is within 1e-6 of the probability (float32 there)."""
+    rng = np.random.default_rng(7)
+    g = (rng.normal(size=(2, 300)) * 10.0 ** rng.uniform(-6, 0, size=(2, 300))).astype(np.float32)
+    g[0, :5] = 0.0
     tx = mpnn_opt.scale_by_adam_8bit()
-    params = {"w": jnp.zeros((300,))}  # two blocks of 150
-    g = jnp.asarray(np.random.default_rng(7).normal(size=300) * 10.0 ** np.linspace(-4, 0, 300), jnp.float32)
-    _, state = tx.update({"w": g}, tx.init(params), params)
-    m, r = state.momentums["w"], state.root_velocities["w"]
-    assert isinstance(m, QuantizedBlocks) and m.values.dtype == jnp.int8 and m.values.shape == (2, 150)
-    assert r.values.dtype == jnp.uint8 and r.scales.dtype == jnp.float32 and r.scales.shape == (2,)
-    m_back = (m.values.astype(jnp.float32) * (m.scales / 127)[:, None]).reshape(-1)
-    blocks_of = np.repeat(np.asarray(m.scales), 150)
-    np.testing.assert_array_less(np.abs(np.asarray(m_back) - 0.1 * np.asarray(g)), blocks_of / 254 + 1e-12)
-    root_back = (r.values.astype(jnp.float32) * (r.scales / 255)[:, None]).reshape(-1)
-    assert np.all(np.asarray(root_back) > 0)  # even sqrt(v) of 1e-4 * ~1e-4 in a block scaled by ~1 is kept
+    params = {"w": jnp.zeros((2, 300))}
+    _, state = tx.update({"w": jnp.asarray(g)}, tx.init(params), params)
+    m, r = state.momentums["w"], state.velocities["w"]
+    assert m.values.shape == r.values.shape == (2, 2, 150) and m.scales.shape == r.scales.shape == (2, 2)
+
+    bits = np.asarray(jax.random.bits(jax.random.fold_in(jax.random.fold_in(jax.random.key(0), 1), 0), (2, 2, 150)))
+    m_dither, r_dither = (bits >> 16) / 65536, (bits & 0xFFFF) / 65536
+    m_exact = (np.float32(1 - 0.9) * g).reshape(2, 2, 150)
+    r_exact = np.sqrt(np.float32(1 - 0.999) * (g * g)).reshape(2, 2, 150)
+    np.testing.assert_array_equal(m.scales, np.abs(m_exact).max(axis=-1))
+    np.testing.assert_array_equal(r.scales, r_exact.max(axis=-1))
+
+    m_q, m_margin = _round_by_hand(m_exact, np.asarray(m.scales), _levels(127, 3), m_dither)
+    r_q, r_margin = _round_by_hand(r_exact, np.asarray(r.scales), _levels(255, 3), r_dither)
+    r_q = np.where(r_exact > 0, np.maximum(r_q, 1), 0)  # the floor: a positive sqrt(v) keeps at least level 1
+    certain = (m_margin > 1e-6) & (r_margin > 1e-6)
+    assert certain.mean() > 0.99
+    np.testing.assert_array_equal(np.asarray(m.values)[certain], (np.sign(m_exact) * m_q)[certain])
+    np.testing.assert_array_equal(np.asarray(r.values)[certain], r_q[certain])
+    assert np.all(np.asarray(m.values)[0, 0, :5] == 0) and np.all(np.asarray(r.values)[0, 0, :5] == 0)  # g = 0
+
+    # the documented read-back, m = s (q / 127)^3 and v = (s (q / 255)^3)^2, is what the next step starts from
+    m_back = (np.asarray(m.values) / 127.0) ** 3 * np.asarray(m.scales)[..., None]
+    r_back = (np.asarray(r.values) / 255.0) ** 3 * np.asarray(r.scales)[..., None]
+    g2 = np.float32(0.5)
+    direction, _ = tx.update({"w": jnp.full((2, 300), g2)}, state, params)
+    bc1, bc2 = 1 - 0.9**2, 1 - 0.999**2
+    m2 = 0.9 * m_back.reshape(2, 300) + 0.1 * g2
+    v2 = 0.999 * r_back.reshape(2, 300) ** 2 + 0.001 * g2**2
+    np.testing.assert_allclose(direction["w"], (m2 / bc1) / (np.sqrt(v2 / bc2) + 1e-8), rtol=2e-6, atol=1e-7)
+
+
+def test_8bit_rounding_is_unbiased_so_small_steps_of_the_moments_are_not_lost():
+    """The same moments stored at 2000 step counts (2000 dithers): the mean read-back equals the float32 value within
+    6 standard errors (each rounding is one of two neighbouring levels ``h`` apart: std <= h / 2). Rounding to the
+    nearest level would be off by up to h / 2 every time, and Adam's ``v`` moves by far less than a level a step.
+    The exception is the floor: a sqrt(v) under the first level (``s / 255^2``) always reads back as that level."""
+    rng = np.random.default_rng(8)
+    g = (rng.normal(size=(256,)) * 10.0 ** rng.uniform(-4, 0, size=256)).astype(np.float32)
+    tx = mpnn_opt.scale_by_adam_8bit()
+    params = {"w": jnp.zeros((256,))}
+    state = tx.init(params)
+    states = jax.jit(jax.vmap(lambda count: tx.update({"w": jnp.asarray(g)}, state._replace(count=count), params)[1]))(
+        jnp.arange(2000, dtype=jnp.int32)
+    )
+    for q, exact, table in (
+        (states.momentums["w"], np.float32(1 - 0.9) * g, _levels(127, 3)),
+        (states.velocities["w"], np.sqrt(np.float32(1 - 0.999) * (g * g)), _levels(255, 3)),
+    ):
+        scale = float(q.scales[0, 0])
+        values = np.asarray(q.values)[:, 0, :].astype(np.float64)
+        back = np.sign(values) * table[np.abs(values).astype(int)] * scale
+        j = np.clip(np.searchsorted(table, np.abs(exact) / scale, side="right") - 1, 0, len(table) - 2)
+        spacing = (table[j + 1] - table[j]) * scale
+        floored = (q.values.dtype == jnp.uint8) & (np.abs(exact) < table[1] * scale)  # sqrt(v) under level 1
+        assert np.all(back[:, floored] == table[1] * scale)
+        back, exact, spacing = back[:, ~floored], exact[~floored], spacing[~floored]
+        assert np.all(np.abs(back - exact) <= spacing * (1 + 1e-5))  # one of the two neighbours
+        assert np.all(np.abs(back.mean(axis=0) - exact) <= 6 * spacing / (2 * np.sqrt(2000)) + 1e-12)
+        assert np.mean(np.abs(back[0] - exact) > 0.01 * spacing) > 0.9  # most values lie between two levels
+
+
+def test_8bit_moments_keep_values_a_million_times_below_their_blocks_largest():
+    """The cube map's first level is ``s / 127^3`` (4.9e-7 s) for m and ``s / 255^3`` (6e-8 s) for sqrt(v), and a
+    positive sqrt(v) never reads back as 0. A steady gradient of 1e-6..1e-1 times its block's largest keeps moving
+    its parameter: Adam's direction is 1 there; the 8-bit one stays within 8% of 1 from 1e-2 up, and below 1e-4
+    (a few levels) is noisy but right on average (measured over 10 steps: 0.23 to 5.9, mean 1.00 to 1.14).
+    Exact zeros stay zero."""
+    g = np.zeros(256, np.float32)
+    g[0], g[1:129] = 1.0, 10.0 ** np.linspace(-6, -1, 128)
+    tx = mpnn_opt.scale_by_adam_8bit()
+    params = {"w": jnp.zeros((256,))}
+    state = tx.init(params)
+    for _ in range(10):
+        direction, state = tx.update({"w": jnp.asarray(g)}, state, params)
+        d = np.asarray(direction["w"])
+        assert np.all(np.isfinite(d)) and np.all(d[129:] == 0) and np.all(d[:129] > 0.2) and np.all(d < 8)
+        np.testing.assert_allclose(d[g >= 1e-2], 1.0, rtol=0.08)
+        assert 0.9 <= d[(g > 0) & (g < 1e-4)].mean() <= 1.2
+    assert np.all(np.asarray(state.velocities["w"].values)[0, :129] >= 1)
+    assert np.all(np.asarray(state.velocities["w"].values)[0, 129:] == 0)
+
+
+def test_8bit_block_size_stays_static_under_inject_hyperparams():
+    tx = mpnn_opt.inject_hyperparams(mpnn_opt.scale_by_adam_8bit)(beta1=0.8, block_size=64)
+    params = {"w": jnp.zeros((4, 128))}
+    state = tx.init(params)
+    assert "block_size" not in state.hyperparams and "beta1" in state.hyperparams
+    _, state = jax.jit(tx.update)({"w": jnp.ones((4, 128))}, state, params)
+    assert state.inner_state.momentums["w"].values.shape == (4, 2, 64)

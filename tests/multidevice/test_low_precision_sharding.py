@@ -98,7 +98,7 @@ def documented_shardings(layout: dict, axis_type: AxisType):
 
 def quantized(state) -> list[tuple[str, QuantizedBlocks]]:
     adam = state[0]
-    return [(name, q) for tree in (adam.momentums, adam.root_velocities) for name, q in tree.items()]
+    return [(name, q) for tree in (adam.momentums, adam.velocities) for name, q in tree.items()]
 
 
 def assert_same_numbers(got, expected) -> None:
@@ -125,7 +125,7 @@ def test_8bit_state_blocks_keep_each_tensors_sharding():
     assert dense.values.shape == (64, 2, 256)
     assert {shard.data.shape for shard in dense.values.addressable_shards} == {(16, 1, 256)}  # a quarter of the
     assert {shard.data.shape for shard in dense.scales.addressable_shards} == {(16, 1)}  # rows, one of two blocks
-    bias = state[0].root_velocities["bias"]
+    bias = state[0].velocities["bias"]
     assert {shard.data.shape for shard in bias.values.addressable_shards} == {(1, 256)}
     assert state[0].count.sharding.is_fully_replicated
 
