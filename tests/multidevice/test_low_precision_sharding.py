@@ -12,6 +12,7 @@ import re
 
 import jax
 import numpy as np
+import pytest
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -83,7 +84,8 @@ def run_explicit(layout: dict):
 
 
 def documented_shardings(layout: dict, axis_type: AxisType):
-    """The state's shardings by the docstring's rule: values take the spec in ALIGNED, scales drop its last entry."""
+    """The state's shardings by the docstring's rule, written out: values take the spec in the layout, scales the
+    same without its last entry, the count is replicated."""
 
     def blocks(spec: P) -> QuantizedBlocks:
         return QuantizedBlocks(NamedSharding(mesh(axis_type), spec), NamedSharding(mesh(axis_type), P(*spec[:-1])))
@@ -98,7 +100,7 @@ def documented_shardings(layout: dict, axis_type: AxisType):
 
 def quantized(state) -> list[tuple[str, QuantizedBlocks]]:
     adam = state[0]
-    return [(name, q) for tree in (adam.momentums, adam.velocities) for name, q in tree.items()]
+    return [(name, q) for tree in (adam.momentums, adam.root_velocities) for name, q in tree.items()]
 
 
 def assert_same_numbers(got, expected) -> None:
@@ -125,7 +127,7 @@ def test_8bit_state_blocks_keep_each_tensors_sharding():
     assert dense.values.shape == (64, 2, 256)
     assert {shard.data.shape for shard in dense.values.addressable_shards} == {(16, 1, 256)}  # a quarter of the
     assert {shard.data.shape for shard in dense.scales.addressable_shards} == {(16, 1)}  # rows, one of two blocks
-    bias = state[0].velocities["bias"]
+    bias = state[0].root_velocities["bias"]
     assert {shard.data.shape for shard in bias.values.addressable_shards} == {(1, 256)}
     assert state[0].count.sharding.is_fully_replicated
 
@@ -141,13 +143,23 @@ def test_8bit_sharded_run_gives_the_one_device_numbers():
     assert_same_numbers((params, state), run_one_device(ALIGNED))
 
 
-def test_8bit_state_on_an_auto_mesh_takes_the_documented_shardings_with_no_collectives():
+@pytest.mark.parametrize("layout", [ALIGNED, STRADDLING], ids=["aligned", "straddling"])
+def test_state_shardings_lay_the_8bit_blocks_out_as_documented(layout):
+    """mpnn_opt.state_shardings asks each QuantizedBlocks for its shardings (shardings_for)."""
+    tx, shardings = make_tx(), {name: NamedSharding(mesh(), spec) for name, (_, spec, _) in layout.items()}
+    assert mpnn_opt.state_shardings(tx, make_tree(layout, 0), shardings) == documented_shardings(
+        layout, AxisType.Explicit
+    )
+
+
+def test_8bit_state_on_an_auto_mesh_under_state_shardings_compiles_with_no_collectives():
     tx, shardings = (
         make_tx(),
         {name: NamedSharding(mesh(AxisType.Auto), spec) for name, (_, spec, _) in ALIGNED.items()},
     )
-    state_shardings = documented_shardings(ALIGNED, AxisType.Auto)
     params = jax.device_put(make_tree(ALIGNED, 0), shardings)
+    state_shardings = mpnn_opt.state_shardings(tx, params, shardings)
+    assert state_shardings == documented_shardings(ALIGNED, AxisType.Auto)
     state = jax.jit(tx.init, out_shardings=state_shardings)(params)
     step = jax.jit(
         step_fn(tx), in_shardings=(shardings, state_shardings, shardings), out_shardings=(shardings, state_shardings)
