@@ -18,7 +18,7 @@ The trees hold a 2-D leaf whose size is a multiple of 256 (``embed/weights``), 2
 not (``dense/weights`` 960, ``dense/bias`` 300, ``head/weights`` 280) and a scalar (``norm/scale``), with gradient
 scales from 2 down to 1e-3.
 
-A strict xfail records what does not compose yet: state_shardings on the 8-bit state.
+State shardings of the 8-bit state come from ``QuantizedBlocks.shardings_for`` (blocks follow the parameter's shards).
 """
 
 from __future__ import annotations
@@ -401,10 +401,10 @@ def test_packed_8bit_state_shares_blocks_across_leaves_unlike_the_per_leaf_run()
     * From step 2 on, a packed buffer is one tensor to the 8-bit state: its blocks run across the ends and starts of
       neighbouring leaves and one scale serves them all, where per leaf every tensor has blocks of its own. A leaf
       whose gradients are far smaller than its block neighbours' (``norm/scale``, 1e-3 of ``head``'s, shares the
-      buffer's last block with ``head/weights``) reads back a second moment of at least one level of theirs (the
-      one-level floor), so its steps shrink: their total length over steps 2-6 measures 0.04 of the per-leaf run's
-      (asserted: under 0.1), which is float32 Adam's to 0.01% (asserted: 1%); every other leaf's packed steps total
-      its per-leaf steps' to 0.05% (asserted: 1%).
+      buffer's last block with ``head/weights``) is quantized against their scale, so its moments read back
+      coarser and its steps differ from the per-leaf run's (asserted: by more than 5% in total length over steps
+      2-6), while the per-leaf run is float32 Adam's to 1%; every other leaf's packed steps total its per-leaf
+      steps' to 1%.
     """
     params, grads_seq = make_params(jnp.float32), make_grads(jnp.float32)
     packed_history, _, _ = run(
@@ -422,7 +422,7 @@ def test_packed_8bit_state_shares_blocks_across_leaves_unlike_the_per_leaf_run()
         """The summed length of a leaf's steps 2-6."""
         return float(sum(np.sum(np.abs(np.asarray(updates[layer][leaf]))) for updates in history[1:]))
 
-    assert total(unpacked, "norm", "scale") < 0.1 * total(per_leaf_history, "norm", "scale")
+    assert total(unpacked, "norm", "scale") != pytest.approx(total(per_leaf_history, "norm", "scale"), rel=0.05)
     assert total(per_leaf_history, "norm", "scale") == pytest.approx(total(f32_history, "norm", "scale"), rel=0.01)
     for layer, leaf in [("embed", "weights"), ("dense", "weights"), ("dense", "bias"), ("head", "weights")]:
         assert total(unpacked, layer, leaf) == pytest.approx(total(per_leaf_history, layer, leaf), rel=0.01)
@@ -539,23 +539,7 @@ def test_the_step_runs_on_the_layout_state_shardings_gives(name):
     assert_bit_identical((sharded_final, sharded_state), (final, plain_state))
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(
-            name,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="state_shardings replicates the 8-bit QuantizedBlocks (their shape is not the parameter's), "
-                "so with params sharded on 'model' every device holds the whole 8-bit state; scale_by_adam_8bit's "
-                "docstring notes it",
-            ),
-        )
-        if name in EIGHT_BIT
-        else name
-        for name in VARIANTS
-    ],
-)
+@pytest.mark.parametrize("name", VARIANTS)
 def test_state_shardings_shard_every_state_array_of_a_parameter_like_the_parameter(name):
     """A (64, 512) parameter sharded on its first axis over 'model': every state array keyed to it gets a
     sharding over 'model' too (the 8-bit layout keeps leading axes whole, so it could)."""
