@@ -80,7 +80,6 @@ VARIANTS = {
     "master weights": Variant(lambda: [mpnn_opt.master_weights(mpnn_opt.adam(LR, None))], BF16),
     "master weights, 8-bit": Variant(lambda: [mpnn_opt.master_weights(mpnn_opt.chain(*_adam_8bit()))], BF16),
 }
-EIGHT_BIT = ("8-bit state", "master weights, 8-bit")
 
 
 def optimizer(name: str) -> mpnn_opt.GradientTransformation:
