@@ -7,8 +7,10 @@ library's default), everything else keyword-only, the library's hyperparameters 
 library's names (``decay_rate`` for torch's ``alpha``, ``epsilon`` for ``eps``, ``beta1``/``beta2``
 for ``betas``), and ``mask`` (which leaves the weight decay touches; default: all, as in torch
 and optax) and ``state_dtype`` where they apply (the Adam family also takes ``mu_dtype`` and ``nu_dtype``,
-the dtypes of the two moments, which default to ``state_dtype``). Learning rates accept schedules, and
-``inject_hyperparams`` changes any numeric hyperparameter between steps without recompiling.
+the dtypes of the two moments, which default to ``state_dtype``; ``adam`` and ``torch_adamw`` take
+``state_dtype='int8'`` for 8-bit block-wise moments, :func:`mpnn_opt.scale_by_adam_8bit`). Learning rates
+accept schedules, and ``inject_hyperparams`` changes any numeric hyperparameter between steps without
+recompiling.
 
 The seed's aliases:
 
@@ -23,8 +25,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+
 from mpnn_opt import _checks
 from mpnn_opt.base import GradientTransformation, Mask, ScalarOrSchedule, chain
+from mpnn_opt.precision import scale_by_adam_8bit
 from mpnn_opt.regularization import add_decayed_weights, add_decoupled_weight_decay, add_regularization
 from mpnn_opt.transforms import (
     momentum_velocity,
@@ -121,10 +128,12 @@ def adam(
     torch ``AdamW`` / optax ``adamw`` decay the weight before the step (``w - lr * wd * w``) and
     default to weight_decay 0.01 / 1e-4; the difference is of order lr^2 * wd per step.
     ``mu_dtype`` / ``nu_dtype`` store ``m`` / ``v`` in another dtype than ``state_dtype``
-    (see :func:`mpnn_opt.transforms.scale_by_adam`).
+    (see :func:`mpnn_opt.transforms.scale_by_adam`). ``state_dtype='int8'`` (the string) stores both
+    moments in 8-bit blocks: the direction block is then :func:`mpnn_opt.scale_by_adam_8bit` (default block
+    size 256, about 2.03 bytes a parameter), and ``mu_dtype`` / ``nu_dtype`` must stay None.
     """
     _checks.regularization(regularization)
-    direction = scale_by_adam(beta1, beta2, epsilon, state_dtype=state_dtype, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
+    direction = _adam_direction(beta1, beta2, epsilon, False, state_dtype, mu_dtype, nu_dtype)
     if regularization == "L2":
         return chain(
             direction,
@@ -136,6 +145,44 @@ def adam(
         direction,
         scale_by_learning_rate(learning_rate),
     )
+
+
+def _is_int8(dtype: Any) -> bool:
+    """Whether ``dtype`` names int8 (``'int8'``, ``jnp.int8``, ``np.dtype('int8')``; an array is no dtype)."""
+    if dtype is None or isinstance(dtype, (bool, np.ndarray, np.generic, jax.Array)):
+        return False
+    try:
+        return jnp.dtype(dtype) == jnp.int8
+    except TypeError:
+        return False
+
+
+def _adam_direction(
+    beta1: float, beta2: float, epsilon: float, amsgrad: bool, state_dtype: Any, mu_dtype: Any, nu_dtype: Any
+) -> GradientTransformation:
+    """``scale_by_adam`` (``scale_by_torch_amsgrad`` with ``amsgrad``), or ``scale_by_adam_8bit`` for the state
+    dtype value ``'int8'``: the string only, as integer dtypes are refused as state dtypes everywhere else."""
+    for name, value in (("state_dtype", state_dtype), ("mu_dtype", mu_dtype), ("nu_dtype", nu_dtype)):
+        if _is_int8(value) and not (name == "state_dtype" and isinstance(value, str)):
+            allowed = ", or the string 'int8'" if name == "state_dtype" else ""
+            raise TypeError(
+                f"{name} must be None or a floating dtype such as jnp.float32 or 'bfloat16'{allowed}, got {value!r}; "
+                "8-bit moments are state_dtype='int8' (both moments, in blocks)"
+            )
+    if not _is_int8(state_dtype):
+        block = scale_by_torch_amsgrad if amsgrad else scale_by_adam
+        return block(beta1, beta2, epsilon, state_dtype=state_dtype, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
+    if amsgrad:
+        raise ValueError(
+            "state_dtype='int8' (8-bit block-wise moments) needs amsgrad=False: scale_by_adam_8bit keeps no "
+            "running maximum of v; use state_dtype=jnp.bfloat16 with amsgrad=True"
+        )
+    for name, value in (("mu_dtype", mu_dtype), ("nu_dtype", nu_dtype)):
+        if value is not None:
+            raise ValueError(
+                f"{name} must be None with state_dtype='int8' (both moments are stored in 8-bit blocks), got {value!r}"
+            )
+    return scale_by_adam_8bit(beta1, beta2, epsilon)
 
 
 def _coupled_decay(weight_decay: float, mask: Mask | None) -> GradientTransformation:
@@ -213,10 +260,11 @@ def torch_adamw(
     """torch ``AdamW``: ``w = w - lr * (adam_direction + wd * w)`` (decay of the old weight, scaled by lr);
     optax ``adamw`` is the same. The seed's 'L2' Adam decays the stepped weight instead. ``amsgrad``
     is torch's form (:func:`mpnn_opt.transforms.scale_by_torch_amsgrad`). Defaults are torch's.
-    ``mu_dtype`` / ``nu_dtype`` store the moments in another dtype than ``state_dtype``."""
+    ``mu_dtype`` / ``nu_dtype`` store the moments in another dtype than ``state_dtype``;
+    ``state_dtype='int8'`` stores both in 8-bit blocks (:func:`mpnn_opt.scale_by_adam_8bit`, as in :func:`adam`;
+    not with ``amsgrad``)."""
     _checks.flag("amsgrad", amsgrad)
-    block = scale_by_torch_amsgrad if amsgrad else scale_by_adam
-    direction = block(beta1, beta2, epsilon, state_dtype=state_dtype, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
+    direction = _adam_direction(beta1, beta2, epsilon, amsgrad, state_dtype, mu_dtype, nu_dtype)
     return chain(direction, add_decayed_weights(weight_decay, mask), scale_by_learning_rate(learning_rate))
 
 
@@ -244,7 +292,15 @@ def nadam(
     mu_dtype: Any | None = None,
     nu_dtype: Any | None = None,
 ) -> GradientTransformation:
-    """optax ``nadam``: see :func:`mpnn_opt.transforms.scale_by_nadam` (optax requires the learning rate; 1e-3 here)."""
+    """optax ``nadam``: see :func:`mpnn_opt.transforms.scale_by_nadam` (optax requires the learning rate; 1e-3 here).
+
+    ``state_dtype='int8'`` is refused: the 8-bit blocks (:func:`mpnn_opt.scale_by_adam_8bit`) run Adam's
+    recursion, not NAdam's."""
+    if isinstance(state_dtype, str) and _is_int8(state_dtype):
+        raise ValueError(
+            "state_dtype='int8' (8-bit block-wise moments) is not available for nadam: scale_by_adam_8bit runs "
+            "Adam's direction; use adam or torch_adamw with state_dtype='int8', or nadam with state_dtype=jnp.bfloat16"
+        )
     direction = scale_by_nadam(beta1, beta2, epsilon, state_dtype=state_dtype, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
     return chain(direction, scale_by_learning_rate(learning_rate))
 

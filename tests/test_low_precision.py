@@ -18,7 +18,7 @@ import pytest
 
 import mpnn_opt
 from mpnn_opt import transforms
-from mpnn_opt.precision import MasterWeightsState
+from mpnn_opt.precision import MasterWeightsState, QuantizedBlocks
 
 BF16 = jnp.bfloat16
 BF16_HALF_ULP = 2.0**-9  # bfloat16 keeps 8 significant bits: one rounding is off by at most 2^-9, relative
@@ -606,3 +606,102 @@ def test_8bit_block_size_stays_static_under_inject_hyperparams():
     assert "block_size" not in state.hyperparams and "beta1" in state.hyperparams
     _, state = jax.jit(tx.update)({"w": jnp.ones((4, 128))}, state, params)
     assert state.inner_state.momentums["w"].values.shape == (4, 2, 64)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# state_dtype='int8' on the Adam aliases
+
+INT8_ALIASES = {
+    "adam L2": (
+        lambda dtype: mpnn_opt.adam(0.01, "L2", 0.001, state_dtype=dtype),
+        lambda: mpnn_opt.chain(
+            mpnn_opt.scale_by_adam_8bit(0.9, 0.999, 1e-8),
+            mpnn_opt.scale_by_learning_rate(0.01),
+            mpnn_opt.add_decoupled_weight_decay(0.01, 0.001),
+        ),
+    ),
+    "adam L1": (
+        lambda dtype: mpnn_opt.adam(0.01, "L1", 0.001, beta2=0.99, state_dtype=dtype),
+        lambda: mpnn_opt.chain(
+            mpnn_opt.add_regularization("L1", 0.001),
+            mpnn_opt.scale_by_adam_8bit(0.9, 0.99, 1e-8),
+            mpnn_opt.scale_by_learning_rate(0.01),
+        ),
+    ),
+    "torch_adamw": (
+        lambda dtype: mpnn_opt.torch_adamw(0.01, weight_decay=0.05, epsilon=1e-6, state_dtype=dtype),
+        lambda: mpnn_opt.chain(
+            mpnn_opt.scale_by_adam_8bit(0.9, 0.999, 1e-6),
+            mpnn_opt.add_decayed_weights(0.05),
+            mpnn_opt.scale_by_learning_rate(0.01),
+        ),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", INT8_ALIASES)
+def test_state_dtype_int8_is_the_chain_with_scale_by_adam_8bit_bit_for_bit(name):
+    alias, by_hand = INT8_ALIASES[name]
+    rng = np.random.default_rng(10)
+    params = {"dense": {"weights": jnp.asarray(rng.normal(size=(16, 300)), jnp.float32)}, "bias": jnp.zeros(300)}
+    grads = [jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params) for _ in range(5)]
+
+    def run(tx):
+        step = jax.jit(lambda p, s, g: tx.update(g, s, p))
+        state, history = tx.init(params), []
+        for g in grads:
+            updates, state = step(params, state, g)
+            history.append(updates)
+        return history, state
+
+    got, expected = run(alias("int8")), run(by_hand())
+    assert jax.tree.structure(got) == jax.tree.structure(expected)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
+        np.testing.assert_array_equal(a, b)
+    blocks = [
+        n
+        for n in jax.tree.leaves(got[1], is_leaf=lambda n: isinstance(n, QuantizedBlocks))
+        if isinstance(n, QuantizedBlocks)
+    ]
+    assert len(blocks) == 4 and {q.values.dtype for q in blocks} == {jnp.dtype(jnp.int8), jnp.dtype(jnp.uint8)}
+
+
+@pytest.mark.parametrize("task", EIGHT_BIT_TASKS)
+def test_adam_with_state_dtype_int8_keeps_about_2_bytes_a_parameter(task):
+    """The alias's whole state (the 8-bit blocks, the count, the stateless blocks' empty states): 2.036, 2.033,
+    2.043 bytes a parameter by per_device_nbytes, against 8.0 for adam's float32 moments."""
+    _, params, _ = EIGHT_BIT_TASKS[task](0)
+    n = sum(leaf.size for leaf in jax.tree.leaves(params))
+    int8 = sum(mpnn_opt.per_device_nbytes(mpnn_opt.adam(state_dtype="int8").init(params)).values()) / n
+    f32 = sum(mpnn_opt.per_device_nbytes(mpnn_opt.adam().init(params)).values()) / n
+    assert int8 <= 2.1 and f32 == pytest.approx(8.0, abs=0.01)
+
+
+def test_state_dtype_int8_is_refused_where_it_cannot_apply_naming_the_argument():
+    with pytest.raises(ValueError, match="state_dtype='int8' .* needs amsgrad=False"):
+        mpnn_opt.torch_adamw(amsgrad=True, state_dtype="int8")
+    with pytest.raises(ValueError, match="state_dtype='int8' .* is not available for nadam"):
+        mpnn_opt.nadam(state_dtype="int8")
+    with pytest.raises(ValueError, match="mu_dtype must be None with state_dtype='int8'.*bfloat16"):
+        mpnn_opt.adam(state_dtype="int8", mu_dtype=jnp.bfloat16)
+    with pytest.raises(ValueError, match="nu_dtype must be None with state_dtype='int8'"):
+        mpnn_opt.torch_adamw(state_dtype="int8", nu_dtype="float32")
+    # the dtype objects stay refused, as every integer state dtype is: the 8-bit format is the string 'int8'
+    with pytest.raises(TypeError, match="state_dtype must be .*or the string 'int8', got <class 'jax.numpy.int8'>"):
+        mpnn_opt.adam(state_dtype=jnp.int8)
+    with pytest.raises(TypeError, match="mu_dtype must be None or a floating dtype.*'int8'.*state_dtype='int8'"):
+        mpnn_opt.adam(mu_dtype="int8")
+    with pytest.raises(TypeError, match="state_dtype must be None or a floating dtype.*int8"):
+        mpnn_opt.transforms.scale_by_adam(state_dtype="int8")  # the block keeps optax's meaning: float moments
+    with pytest.raises(TypeError, match="state_dtype must be None or a floating dtype.*int8"):
+        mpnn_opt.sgd(state_dtype="int8")
+
+
+def test_state_dtype_int8_stays_static_under_inject_hyperparams():
+    tx = mpnn_opt.inject_hyperparams(mpnn_opt.adam)(learning_rate=0.01, regularization=None, state_dtype="int8")
+    params = {"w": jnp.zeros((4, 256))}
+    state = tx.init(params)
+    assert "state_dtype" not in state.hyperparams
+    updates, state = jax.jit(tx.update)({"w": jnp.ones((4, 256))}, state, params)
+    np.testing.assert_allclose(updates["w"], -0.01, rtol=1e-5)  # Adam's first step: -lr * sign(g)
+    assert state.inner_state[1].momentums["w"].values.dtype == jnp.int8
