@@ -222,7 +222,7 @@ def _place(value: Any, template_leaf: Any) -> jax.Array:
     sharding = getattr(template_leaf, "sharding", None)
     if sharding is not None:
         return jax.device_put(value, sharding)
-    return jax.numpy.asarray(value)
+    return jax.device_put(value)  # same dtype and shape as the template (checked): no conversion, no compile
 
 
 def load_state_dict(template: OptState, saved: Mapping[str, Any], *, strict: bool = True) -> tuple[Any, LoadReport]:

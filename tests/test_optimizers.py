@@ -17,6 +17,7 @@ from mpneuralnetwork import serialization
 from mpneuralnetwork.model import Model
 
 import mpnn_opt
+from mpnn_opt.optimizers import Transform
 from mpnn_opt.optimizers import _adapter as ours
 from mpnn_opt.optimizers import _staging, _stepper
 from oracles import SeedLayer, random_tree, relative_error, seed_model
@@ -457,3 +458,32 @@ def test_step_on_a_small_model_compiles_without_thread_splitting(rng):
     arguments = (host_params, host_grads, optimizer._state, spare.params, spare.state, 1, optimizer._hyper("float32"))
     text = update.lower(*arguments).compile().as_text()
     assert "outer_dimension_partitions" not in text
+
+
+@pytest.mark.parametrize(
+    "make", [ours.SGD, ours.RMSprop, lambda: ours.Adam(regularization="L1"), lambda: Transform(mpnn_opt.chain(mpnn_opt.clip_by_global_norm(1.0), mpnn_opt.adam(1e-3)))]
+)
+def test_the_first_step_compiles_only_the_update_and_later_steps_compile_nothing(make, rng):
+    # Every XLA compilation is reported to JAX's monitoring listeners. Array creation at the first step (spare
+    # buffers, the loaded state) goes through the host: jnp.zeros would compile one program per shape, and a
+    # committed spare buffer would change the update's signature and compile it again at the second step.
+    compiles = []
+
+    def listen(event: str, duration: float, **kwargs) -> None:
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(duration)
+
+    shape = (7, int(rng.integers(40, 4000)))  # a layout no other test compiled
+    params = {"weights": rng.standard_normal(shape).astype(np.float32), "bias": np.zeros(7, np.float32)}
+    layers = [SeedLayer(params, {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in params.items()})]
+    optimizer = make()
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        optimizer.step(layers)
+        first = len(compiles)
+        for _ in range(3):
+            optimizer.step(layers)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    expected_first = 2 if isinstance(optimizer, Transform) else 1  # Transform runs the transformation's init
+    assert (first, len(compiles)) == (expected_first, expected_first)

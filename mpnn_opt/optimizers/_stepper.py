@@ -304,7 +304,7 @@ class Stepper:
         spare, self._spare = self._spare, None
         if spare is None or spare.key != key:
             layout = key[0]
-            params = {group: jnp.zeros(size, layout.dtype) for group, size in layout.sizes.items()}
+            params = {group: jax.device_put(np.zeros(size, layout.dtype)) for group, size in layout.sizes.items()}
             spare = _Spare(key, params, jax.tree.map(_zeros_like, state))
         return spare
 
@@ -328,4 +328,7 @@ class Stepper:
 
 
 def _zeros_like(leaf: Any) -> jax.Array:
-    return jnp.zeros(jnp.shape(leaf), leaf.dtype)
+    """Zeros of ``leaf``'s shape and dtype on the default device, uncommitted like the staged params (so that
+    the update's signature stays the same from the first step on), placed from the host: ``jnp.zeros`` would
+    compile one small XLA program per shape at the first step."""
+    return jax.device_put(np.zeros(np.shape(leaf), leaf.dtype))
