@@ -17,9 +17,8 @@ from mpneuralnetwork import serialization
 from mpneuralnetwork.model import Model
 
 import mpnn_opt
-from mpnn_opt.optimizers import Transform
+from mpnn_opt.optimizers import Transform, _staging, _stepper
 from mpnn_opt.optimizers import _adapter as ours
-from mpnn_opt.optimizers import _staging, _stepper
 from oracles import SeedLayer, random_tree, relative_error, seed_model
 
 CLASSES = ("SGD", "RMSprop", "Adam")
@@ -461,7 +460,13 @@ def test_step_on_a_small_model_compiles_without_thread_splitting(rng):
 
 
 @pytest.mark.parametrize(
-    "make", [ours.SGD, ours.RMSprop, lambda: ours.Adam(regularization="L1"), lambda: Transform(mpnn_opt.chain(mpnn_opt.clip_by_global_norm(1.0), mpnn_opt.adam(1e-3)))]
+    "make",
+    [
+        ours.SGD,
+        ours.RMSprop,
+        lambda: ours.Adam(regularization="L1"),
+        lambda: Transform(mpnn_opt.chain(mpnn_opt.clip_by_global_norm(1.0), mpnn_opt.adam(1e-3))),
+    ],
 )
 def test_the_first_step_compiles_only_the_update_and_later_steps_compile_nothing(make, rng):
     # Every XLA compilation is reported to JAX's monitoring listeners. Array creation at the first step (spare
