@@ -64,14 +64,19 @@ def data(input_shape: tuple, samples: int) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
+def numpy_pass(model: Model, x: np.ndarray, y: np.ndarray) -> None:
+    """The model's NumPy forward and backward pass on one batch: what ``Model.train`` does before each step."""
+    predictions, _ = model.evaluate(x, y, training=True, compute_metrics=False)
+    grad = model.loss.prime(predictions, y)
+    for layer in reversed(model.layers):
+        grad = layer.backward(grad)
+
+
 def median_step(model: Model, x: np.ndarray, y: np.ndarray, steps: int) -> float:
     """Median seconds of ``optimizer.step(layers)`` on one batch's gradients (recomputed, untimed)."""
     times = []
     for i in range(steps + 3):
-        predictions, _ = model.evaluate(x, y, training=True, compute_metrics=False)
-        grad = model.loss.prime(predictions, y)
-        for layer in reversed(model.layers):
-            grad = layer.backward(grad)
+        numpy_pass(model, x, y)
         start = time.perf_counter()
         model.optimizer.step(model.layers)
         if i >= 3:  # warm-up (compilation) excluded

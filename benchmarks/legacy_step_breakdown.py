@@ -63,13 +63,6 @@ def _instrument() -> None:
     _stepper.compiled = compiled
 
 
-def _numpy_pass(model, x, y) -> None:
-    predictions, _ = model.evaluate(x, y, training=True, compute_metrics=False)
-    grad = model.loss.prime(predictions, y)
-    for layer in reversed(model.layers):
-        grad = layer.backward(grad)
-
-
 _EVICT = np.ones(4 * 2**20, np.float32)  # 16 MiB
 
 
@@ -79,7 +72,7 @@ def _before(kind: str, model, x, y) -> None:
     elif kind == "read 16 MiB":
         float(_EVICT.sum())
     elif kind == "NumPy pass":
-        _numpy_pass(model, x, y)
+        legacy_step.numpy_pass(model, x, y)
 
 
 def _bare_call(model) -> Callable[[], None]:
@@ -119,7 +112,7 @@ def _samples(model, x, y, bare: Callable[[], None], kind: str, steps: int):
 def _setup(module, name: str, factory, batch: int):
     model, input_shape = legacy_step.build(factory, getattr(module, name)())
     x, y = legacy_step.data(input_shape, batch)
-    _numpy_pass(model, x, y)
+    legacy_step.numpy_pass(model, x, y)
     return model, x, y, _bare_call(model)
 
 

@@ -219,10 +219,16 @@ def _saved_array(value: Any, template_dtype: np.dtype) -> Any:
 
 
 def _place(value: Any, template_leaf: Any) -> jax.Array:
+    """``value`` on the template leaf's sharding (or the default device), never sharing the caller's memory.
+
+    ``jax.device_put`` of a NumPy array on CPU may alias its memory (zero-copy) or copy it after returning,
+    so a caller who reuses the array would change the restored state: NumPy values are copied first.
+    Placing from the host compiles nothing (``jnp.asarray`` compiles a program per shape).
+    """
+    if isinstance(value, np.ndarray):
+        value = value.copy()
     sharding = getattr(template_leaf, "sharding", None)
-    if sharding is not None:
-        return jax.device_put(value, sharding)
-    return jax.device_put(value)  # same dtype and shape as the template (checked): no conversion, no compile
+    return jax.device_put(value, sharding) if sharding is not None else jax.device_put(value)
 
 
 def load_state_dict(template: OptState, saved: Mapping[str, Any], *, strict: bool = True) -> tuple[Any, LoadReport]:

@@ -149,6 +149,21 @@ def test_round_trip_through_numpy_is_bit_and_dtype_exact(name, dtype):
     assert_states_identical(restored, state)
 
 
+@pytest.mark.parametrize("size", [3, 1024, 2**20])
+@pytest.mark.parametrize("sharded", [False, True], ids=["default-device", "template-sharding"])
+def test_the_restored_state_does_not_share_memory_with_the_saved_arrays(size, sharded):
+    # jax.device_put of a NumPy array on CPU may alias it (large, aligned arrays) or copy it after returning:
+    # reusing the saved arrays (a buffer read into again, a dict updated in place) must not change the state
+    params = {"w": jnp.zeros(size, jnp.float32)}
+    tx = mpnn_opt.adam()
+    template = jax.device_put(tx.init(params), jax.devices()[0]) if sharded else jax.eval_shape(tx.init, params)
+    saved = {key: np.full(value.shape, 2, value.dtype) for key, value in state_dict(template).items()}
+    restored, _ = load_state_dict(template, saved)
+    for value in saved.values():
+        value[...] = 7
+    assert all(np.all(np.asarray(leaf) == 2) for leaf in jax.tree.leaves(restored))
+
+
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_round_trip_of_float64_state_is_exact(name):
     with jax.enable_x64(True):

@@ -355,10 +355,13 @@ def test_legacy_example_trains_an_mpneuralnetwork_model_and_prints_each_epoch(ca
 def test_step_donates_spare_buffers_not_the_live_state_and_outputs_reuse_their_memory(name, rng):
     # the live state is an input only (an interrupted step must leave it intact); the outputs go to last step's
     # new params (already copied into the layers) and last step's state (replaced by this step's), both donated.
-    # A donated-but-unused argument is pruned by jit unless keep_unused=True; then its memory is not reused
+    # A donated-but-unused argument is pruned by jit unless keep_unused=True; then its memory is not reused.
+    # From the third step on every buffer is an output of the update (the first step's state and spare buffers
+    # are placed from the host, which may leave them aliasing NumPy memory that XLA does not reuse)
     optimizer = getattr(ours, name)()
     params = {"weights": rng.standard_normal((4, 3)).astype(np.float32), "bias": np.zeros(3, np.float32)}
     layers = [SeedLayer(params, {k: np.ones_like(v) for k, v in params.items()})]
+    optimizer.step(layers)
     optimizer.step(layers)
     spare, live = optimizer._spare, optimizer._state
     addresses = jax.tree.map(lambda buffer: buffer.unsafe_buffer_pointer(), (spare.params, spare.state))
@@ -450,6 +453,7 @@ def test_step_on_a_small_model_compiles_without_thread_splitting(rng):
     params = {"weights": rng.standard_normal((316, 316)).astype(np.float32), "bias": np.zeros(316, np.float32)}
     layers = [SeedLayer(params, {k: np.ones_like(v) for k, v in params.items()})]
     optimizer.step(layers)
+    assert optimizer._host is not None
     layout, host_params, host_grads, options = optimizer._host[:4]
     assert dict(options) == {"xla_disable_hlo_passes": "cpu-parallel-task-assigner"}
     update = _stepper.compiled(optimizer._program(), layout, options).update
@@ -474,9 +478,9 @@ def test_the_first_step_compiles_only_the_update_and_later_steps_compile_nothing
     # committed spare buffer would change the update's signature and compile it again at the second step.
     compiles = []
 
-    def listen(event: str, duration: float, **kwargs) -> None:
+    def listen(event: str, duration_secs: float, **kwargs: str | int) -> None:
         if event == "/jax/core/compile/backend_compile_duration":
-            compiles.append(duration)
+            compiles.append(duration_secs)
 
     shape = (7, int(rng.integers(40, 4000)))  # a layout no other test compiled
     params = {"weights": rng.standard_normal(shape).astype(np.float32), "bias": np.zeros(7, np.float32)}

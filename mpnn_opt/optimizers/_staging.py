@@ -22,7 +22,7 @@ import functools
 import math
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -179,27 +179,38 @@ def untie(entries: list[Entry]) -> tuple[list[Entry], list[list[tuple[int, Entry
     other. Raises ``ValueError`` naming both places when one array is regularized under one name and
     not under another (its span cannot be in both group buffers).
     """
-    first: dict[int, int] = {}
     distinct: list[Entry] = []
     rounds: list[list[tuple[int, Entry]]] = []
-    seen: dict[int, int] = {}
-    for entry in entries:
-        key = id(entry.param)
-        if key not in first:
-            first[key], seen[key] = len(distinct), 1
+    for entry, owner, index, repeat in ties(entries):
+        if owner is None:
             distinct.append(entry)
             continue
-        owner = distinct[first[key]]
         if is_regularized_name(entry.name) != is_regularized_name(owner.name):
             raise ValueError(
                 f"{entry.where} is the array of {owner.where}, but only one of the two names is regularized; "
                 f"tie arrays under names that are both regularized or both not"
             )
-        if seen[key] > len(rounds):
+        if repeat > len(rounds):
             rounds.append([])
-        rounds[seen[key] - 1].append((first[key], entry))
-        seen[key] += 1
+        rounds[repeat - 1].append((index, entry))
     return distinct, rounds
+
+
+def ties(entries: list[Entry]) -> Iterator[tuple[Entry, Entry | None, int, int]]:
+    """``(entry, owner, index, repeat)`` for each entry in order: ``owner`` is the first entry of the same array
+    (None for that first entry itself), ``index`` its position among the distinct arrays, ``repeat`` how many
+    entries of that array came before this one."""
+    first: dict[int, tuple[Entry, int]] = {}
+    seen: dict[int, int] = {}
+    for entry in entries:
+        key = id(entry.param)
+        if key not in first:
+            first[key], seen[key] = (entry, len(first)), 1
+            yield entry, None, first[key][1], 0
+            continue
+        owner, index = first[key]
+        yield entry, owner, index, seen[key]
+        seen[key] += 1
 
 
 def write_back(

@@ -160,6 +160,17 @@ def precision(layout: _staging.Layout) -> contextlib.AbstractContextManager:
     return jax.enable_x64(True) if layout.dtype == "float64" else contextlib.nullcontext()
 
 
+class _Host(NamedTuple):
+    """A layout's host staging buffers, kept from step to step."""
+
+    layout: _staging.Layout
+    params: dict[str, np.ndarray]  # aligned buffers, one per group
+    grads: dict[str, np.ndarray]
+    options: tuple  # the compiler options for these buffers (:func:`mpnn_opt.cpu_compiler_options`)
+    param_spans: list[np.ndarray]  # each leaf's view of the buffers (:func:`_staging.spans_of`)
+    grad_spans: list[np.ndarray]
+
+
 class _Spare(NamedTuple):
     """Device buffers shaped like a layout's params and state whose values are no longer needed: the next update's outputs."""
 
@@ -184,7 +195,7 @@ class Stepper:
         self._layout: _staging.Layout | None = None
         self._spare: _Spare | None = None
         self._shared: Any = None  # a state handed out to the caller: never donated
-        self._host: tuple | None = None  # (layout, params buffers, grads buffers, compiler options)
+        self._host: _Host | None = None
 
     # --- hooks ------------------------------------------------------------------------------------
 
@@ -240,17 +251,17 @@ class Stepper:
         the outputs go to the donated spare buffers (taken from ``self``; a failed step leaves fresh ones
         to the next).
         """
-        params, grads, options = self._buffers(layout)
+        host = self._buffers(layout)
+        params, grads = host.params, host.grads
         program = self._program()
-        functions = self._functions(layout, options)
-        param_spans, grad_spans = self._host[4:]  # pyright: ignore[reportOptionalSubscript]  # set by _buffers
-        _staging.stage(entries, param_spans, "param")
+        functions = self._functions(layout, host.options)
+        _staging.stage(entries, host.param_spans, "param")
         hyper = self._hyper(layout.dtype)
         state, bound = self._live_state(entries, layout, params, functions, hyper)
         count = self._count()
         spare = None  # tied parameters run in rounds and use no spare buffers
         if not rounds:
-            _staging.stage(entries, grad_spans, "grad")
+            _staging.stage(entries, host.grad_spans, "grad")
             spare = self._take_spare((layout, program), state)
         try:
             if spare is None:
@@ -279,21 +290,17 @@ class Stepper:
         """The program's compiled functions for ``layout`` (see :func:`compiled`)."""
         return compiled(self._program(), layout, options)
 
-    def _buffers(self, layout: _staging.Layout) -> tuple[dict, dict, tuple]:
-        """Aligned host buffers for ``layout``'s params and grads, kept from step to step, and the compiler options for them.
-
-        ``self._host`` keeps ``(layout, params, grads, options, param spans, grad spans)``, the spans being
-        each leaf's view of the buffers (:func:`_staging.spans_of`).
-        """
-        if self._host is None or self._host[0] != layout:
+    def _buffers(self, layout: _staging.Layout) -> _Host:
+        """Aligned host buffers for ``layout``'s params and grads, kept from step to step (``self._host``)."""
+        if self._host is None or self._host.layout != layout:
             params, grads = (
                 {group: _staging.aligned_empty(size, layout.dtype) for group, size in layout.sizes.items()}
                 for _ in range(2)
             )
             options = tuple(sorted(cpu_compiler_options(params).items()))
             spans = (_staging.spans_of(layout, params), _staging.spans_of(layout, grads))
-            self._host = (layout, params, grads, options, *spans)
-        return self._host[1:4]
+            self._host = _Host(layout, params, grads, options, *spans)
+        return self._host
 
     def _take_spare(self, key: tuple, state: Any) -> _Spare:
         """Last step's spare buffers (taken: a failed update consumes them), or fresh ones for a new layout or program.

@@ -83,10 +83,8 @@ class _Fixed:
 
 
 def _refuse_tied(entries: list[_staging.Entry]) -> None:
-    first: dict[int, _staging.Entry] = {}
-    for entry in entries:
-        owner = first.setdefault(id(entry.param), entry)
-        if owner is not entry:
+    for entry, owner, _, _ in _staging.ties(entries):
+        if owner is not None:
             raise ValueError(
                 f"{entry.where} is the array of {owner.where}; Transform keeps one state entry per name and "
                 f"cannot update one array under two names (use Adam, SGD or RMSprop for tied weights)"
@@ -189,9 +187,10 @@ class Transform(Stepper):
             entries, _ = self._gather(layers)
             layout = _staging.Layout.of(entries)
             with precision(layout):
-                params, _, options = self._buffers(layout)
-                functions = self._functions(layout, options)
-                _staging.stage(entries, self._host[4], "param")  # pyright: ignore[reportOptionalSubscript]  # set by _buffers
+                host = self._buffers(layout)
+                functions = self._functions(layout, host.options)
+                _staging.stage(entries, host.param_spans, "param")
+                params = host.params
                 state = functions.init(params, self._hyper(layout.dtype))
             vars(self).update(_state=state, _layout=layout, _pending=None, _shared=state)
             return state
