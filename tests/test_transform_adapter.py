@@ -8,9 +8,7 @@ same gradients; an uninterrupted run of the same ``Transform``, compared bit for
 from __future__ import annotations
 
 import contextlib
-import dis
 import io
-import sys
 from typing import Any
 
 import flax.serialization
@@ -18,12 +16,13 @@ import jax
 import numpy as np
 import optax
 import pytest
+from faults import FaultAtLine
 from mpneuralnetwork import optimizers as seed
 from mpneuralnetwork import serialization
 from mpneuralnetwork.model import Model
 
 import mpnn_opt
-from mpnn_opt.optimizers import Adam, Transform, _staging, _stepper, _transform
+from mpnn_opt.optimizers import Adam, Transform, _stepper, _transform
 from oracles import SeedLayer, random_tree, relative_error, run_transform, seed_model
 
 ADAM: dict[str, Any] = dict(learning_rate=0.01, weight_decay=0.02, beta1=0.8, beta2=0.99, epsilon=1e-7)
@@ -321,43 +320,6 @@ def test_one_array_in_two_layers_is_refused_naming_both(rng):
         Transform(mpnn_opt.sgd()).step(layers)
 
 
-NOP = dis.opmap["NOP"]
-
-
-class _FaultAtLine:
-    """Raises ``error`` at the ``n``-th line run in the adapter's modules before the step commits (None: counts them)."""
-
-    FILES = {_transform.__file__, _staging.__file__, _stepper.__file__}
-
-    def __init__(self, optimizer: Transform, n: int | None, error: BaseException | None = None) -> None:
-        self.optimizer, self.n, self.error = optimizer, n, error
-        self.before = vars(optimizer)["_state"]
-        self.lines, self.fired = 0, False
-
-    def __call__(self, frame, event, arg):
-        return self._line if frame.f_code.co_filename in self.FILES else None
-
-    def _line(self, frame, event, arg):
-        committed = vars(self.optimizer)["_state"] is not self.before
-        if event == "line" and not self.fired and not committed and frame.f_code.co_code[frame.f_lasti] != NOP:
-            if self.lines == self.n:
-                self.fired = True
-                raise self.error  # pyright: ignore[reportGeneralTypeIssues]  # set whenever n is
-            self.lines += 1
-        return self._line
-
-    def run(self, function) -> BaseException | None:
-        previous = sys.gettrace()
-        sys.settrace(self)
-        try:
-            function()
-        except BaseException as raised:  # noqa: BLE001 - the injected KeyboardInterrupt included
-            return raised
-        finally:
-            sys.settrace(previous)
-        return None
-
-
 @pytest.mark.parametrize("error", [KeyboardInterrupt, MemoryError])
 def test_a_fault_at_any_line_of_step_changes_nothing_and_the_run_continues_bit_identically(error, rng):
     params0, grads = random_tree(rng, SMALL), [random_tree(rng, SMALL) for _ in range(4)]
@@ -370,7 +332,7 @@ def test_a_fault_at_any_line_of_step_changes_nothing_and_the_run_continues_bit_i
 
     reference, reference_params = fresh()
     assert reference.state is not None  # handed out, as in the faulted runs below (it is then never donated)
-    counter = _FaultAtLine(reference, None)
+    counter = FaultAtLine(reference, None)
     assert counter.run(lambda: _step_all(reference, reference_params, grads[1:2])) is None
     _step_all(reference, reference_params, grads[2:])
     assert counter.lines > 40  # the whole step up to its commit
@@ -378,7 +340,7 @@ def test_a_fault_at_any_line_of_step_changes_nothing_and_the_run_continues_bit_i
     for n in range(counter.lines):
         optimizer, params = fresh()
         before, state_before = _copy(params), optimizer.state
-        raised = _FaultAtLine(optimizer, n, error(f"line {n}")).run(lambda: _step_all(optimizer, params, grads[1:2]))
+        raised = FaultAtLine(optimizer, n, error(f"line {n}")).run(lambda: _step_all(optimizer, params, grads[1:2]))
         assert isinstance(raised, error) or "Transform.step failed and changed no layer" in str(raised), (n, raised)
         assert _same_tree(params, before) and optimizer.state is state_before, n
         _step_all(optimizer, params, grads[1:])

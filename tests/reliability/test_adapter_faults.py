@@ -6,16 +6,15 @@ own optimizers (compared to float rounding).
 
 from __future__ import annotations
 
-import dis
 import gc
 import signal
-import sys
 import threading
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from faults import FaultAtLine
 from mpneuralnetwork import optimizers as seed
 from mpneuralnetwork import serialization
 
@@ -33,7 +32,6 @@ SETTINGS = {
 # two layers, four parameters: every line of a step runs a few times, not dozens
 SMALL = {"dense": {"weights": (6, 5), "biases": (1, 5)}, "norm": {"gamma": (1, 5), "beta": (1, 5)}}
 STEPS_BEFORE, STEPS_AFTER = 2, 3
-NOP = dis.opmap["NOP"]
 
 
 class Run:
@@ -84,50 +82,6 @@ def _problem(
 
 
 # --- a fault at any line of step -----------------------------------------------------------------------
-
-
-class FaultAtLine:
-    """A ``sys.settrace`` tracer that raises ``error`` at the ``n``-th line the adapter's modules run before the step commits.
-
-    With ``n = None`` it only counts those lines. "Committed": the optimizer holds a new device state.
-    Lines that start with a NOP (a ``try:``) are skipped: no exception or signal can arise there (a
-    tracer's exception at a nested ``try:`` lies outside every handler's range, which real code never meets).
-    """
-
-    FILES = {ours.__file__, _layer_tree.__file__, _stepper.__file__}
-
-    def __init__(self, optimizer, n: int | None, error: BaseException | None = None) -> None:
-        self.optimizer, self.n, self.error = optimizer, n, error
-        self.before = vars(optimizer)["_state"]
-        self.lines = 0
-        self.fired = False
-
-    def committed(self) -> bool:
-        state = vars(self.optimizer)["_state"]
-        return state is not None and state is not self.before
-
-    def __call__(self, frame, event, arg):
-        return self._line if frame.f_code.co_filename in self.FILES else None
-
-    def _line(self, frame, event, arg):
-        if event == "line" and not self.fired and frame.f_code.co_code[frame.f_lasti] != NOP and not self.committed():
-            if self.lines == self.n:
-                self.fired = True
-                raise self.error
-            self.lines += 1
-        return self._line
-
-    def run(self, function) -> BaseException | None:
-        """Calls ``function()`` under the tracer; returns what it raised, or None."""
-        previous = sys.gettrace()
-        sys.settrace(self)
-        try:
-            function()
-        except BaseException as raised:  # noqa: BLE001 - the injected KeyboardInterrupt included
-            return raised
-        finally:
-            sys.settrace(previous)
-        return None
 
 
 def _fault_scenario(variant: str, rng) -> tuple:
