@@ -17,7 +17,7 @@ import optax
 import pytest
 
 import mpnn_opt
-from mpnn_opt import transforms
+from mpnn_opt import precision, transforms
 from mpnn_opt.precision import MasterWeightsState, QuantizedBlocks
 
 BF16 = jnp.bfloat16
@@ -459,6 +459,26 @@ def _round_by_hand(x: np.ndarray, scales: np.ndarray, table: np.ndarray, dither:
     j = np.clip(np.searchsorted(table, a, side="right") - 1, 0, len(table) - 2)
     p = (a - table[j]) / (table[j + 1] - table[j])
     return j + (dither < p), np.abs(dither - p)
+
+
+@pytest.mark.parametrize("levels", [127, 255])
+def test_8bit_level_search_finds_the_level_below_every_value_at_and_around_each_boundary(levels):
+    # The quantizer finds each value's level from a cube-root estimate plus one comparison either way. Every float32
+    # level (j / L)^3 (the quantizer's own float32 values) and its neighbouring floats, then a log-uniform sweep of [1e-30, 1]:
+    # with a dither of 1 nothing rounds up, so the stored level is the largest j with level(j) <= a (at most L - 1).
+    table = np.asarray(precision._level(jnp.arange(levels + 1, dtype=jnp.float32), levels))  # float32, as compared
+    points = np.concatenate([table, np.nextafter(table, np.float32(0)), np.nextafter(table, np.float32(2))])
+    sweep = np.exp(np.random.default_rng(0).uniform(np.log(1e-30), 0.0, 2**16)).astype(np.float32)
+    a = np.clip(np.concatenate([points, sweep, [0.0, 1e-45, 1e-38, 1.2e-38]]).astype(np.float32), 0, 1)
+    a = np.concatenate([a, np.zeros((-len(a)) % 255, np.float32)]).reshape(-1, 255)
+    blocks = np.concatenate([a, np.ones((len(a), 1), np.float32)], axis=1)  # each block's largest: scale 1
+    q = jax.jit(lambda b: precision._quantize(b, levels == 127, jnp.ones_like(b)))(jnp.asarray(blocks))
+    positive = blocks >= np.finfo(np.float32).tiny  # XLA:CPU flushes subnormals to zero: they store as zeros
+    expected = np.clip(np.searchsorted(table, np.where(positive, blocks, 0), side="right") - 1, 0, levels - 1)
+    got = np.asarray(q.values).astype(np.int64)
+    if levels == 255:  # a positive sqrt(v) never reads back as 0
+        expected = np.where(positive, np.maximum(expected, 1), 0)
+    assert np.array_equal(got, expected), np.argwhere(got != expected)[:5]
 
 
 def _mix(h: np.ndarray) -> np.ndarray:
