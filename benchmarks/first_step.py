@@ -2,7 +2,8 @@
 
 For each class on the 100k MLP of ``legacy_step.py``: the import (and, for comparison in the same interpreter
 kind, ``import jax`` and ``import optax`` alone), the first step (which starts JAX's CPU backend, traces and
-compiles the update) and the second step. Then the first step again with JAX's persistent compilation cache
+compiles the update) and the second step, with JAX's default (asynchronous) dispatch and after
+``mpnn_opt.optimizers.use_synchronous_dispatch()``. Then the first step again with JAX's persistent compilation cache
 (``jax_compilation_cache_dir``) filled by an earlier interpreter: what a user who turns the cache on gets from
 the second run of a script on. Median of ``RUNS`` interpreters per row.
 Run: ``JAX_PLATFORMS=cpu python benchmarks/first_step.py`` on an idle machine.
@@ -32,6 +33,8 @@ if cache:
 start = time.perf_counter()
 from mpnn_opt import optimizers as ours
 imported = time.perf_counter() - start
+if sys.argv[4] == "synchronous":
+    ours.use_synchronous_dispatch()
 sys.path.insert(0, sys.argv[3])
 import legacy_step
 name = sys.argv[1]
@@ -54,10 +57,10 @@ print(json.dumps({"import": imported, "first": times[0], "second": times[1]}))
 _IMPORT_ONLY = "import sys, time; start = time.perf_counter(); import {module}; print(time.perf_counter() - start)"
 
 
-def _child(name: str, cache: str) -> dict:
+def _child(name: str, cache: str, dispatch: str) -> dict:
     here = os.path.dirname(os.path.abspath(__file__))
     result = subprocess.run(
-        [sys.executable, "-c", _CHILD, name, cache, here], capture_output=True, text=True, check=True
+        [sys.executable, "-c", _CHILD, name, cache, here, dispatch], capture_output=True, text=True, check=True
     )
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -87,17 +90,18 @@ def main() -> None:
     for module in ("jax", "optax", "mpnn_opt.optimizers"):
         print(f"| `import {module}` | {_ms([_import_only(module) for _ in range(RUNS)])} |")
     print()
-    print("| class | first step (ms) | second step (ms) | first step, persistent cache filled (ms) |")
-    print("|---|---|---|---|")
+    print("| class | dispatch | first step (ms) | second step (ms) | first step, persistent cache filled (ms) |")
+    print("|---|---|---|---|---|")
     for name in CLASSES:
-        cold = [_child(name, "") for _ in range(RUNS)]
-        with tempfile.TemporaryDirectory() as cache:
-            _child(name, cache)  # fills the cache
-            cached = [_child(name, cache) for _ in range(RUNS)]
-        print(
-            f"| {name} | {_ms([run['first'] for run in cold])} | {_ms([run['second'] for run in cold])} | "
-            f"{_ms([run['first'] for run in cached])} |"
-        )
+        for dispatch in ("default", "synchronous"):
+            cold = [_child(name, "", dispatch) for _ in range(RUNS)]
+            with tempfile.TemporaryDirectory() as cache:
+                _child(name, cache, dispatch)  # fills the cache
+                cached = [_child(name, cache, dispatch) for _ in range(RUNS)]
+            print(
+                f"| {name} | {dispatch} | {_ms([run['first'] for run in cold])} | "
+                f"{_ms([run['second'] for run in cold])} | {_ms([run['first'] for run in cached])} |"
+            )
 
 
 if __name__ == "__main__":

@@ -29,8 +29,6 @@ from mpneuralnetwork.model import Model
 
 from mpnn_opt import optimizers as ours
 
-ours.use_synchronous_dispatch()  # step waits for its result: no thread hand-offs (JAX has not started yet)
-
 CLASSES = ("SGD", "RMSprop", "Adam")
 
 
@@ -92,6 +90,7 @@ def epoch_time(model: Model, x: np.ndarray, y: np.ndarray, batch: int) -> float:
 
 
 def main() -> None:
+    ours.use_synchronous_dispatch()  # step waits for its result: no thread hand-offs (before JAX starts)
     cores = len(os.sched_getaffinity(0))
     print(
         f"# mpnn_opt.optimizers step(layers) vs mpneuralnetwork 1.1.1 ({platform.machine()}, {cores} usable cores, "

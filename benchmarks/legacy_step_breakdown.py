@@ -31,7 +31,7 @@ from mpnn_opt import optimizers as ours
 from mpnn_opt.optimizers import _staging, _stepper
 
 sys.path.insert(0, os.path.dirname(__file__))
-import legacy_step  # noqa: E402  # the benchmark's models and data (it calls use_synchronous_dispatch first)
+import legacy_step  # noqa: E402  # the benchmark's models and data
 
 PHASES = ("gather", "stage", "compiled call", "write-back + commit")
 SIZES = {factory.__name__: (batch, steps) for factory, batch, steps in legacy_step.MODELS.values()}
@@ -147,6 +147,7 @@ def after(factory, batch: int, steps: int) -> None:
 
 
 def main() -> None:
+    ours.use_synchronous_dispatch()  # as legacy_step.main: before JAX starts
     quick = "--quick" in sys.argv
     cores = len(os.sched_getaffinity(0))
     print(
