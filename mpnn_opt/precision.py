@@ -255,8 +255,9 @@ def _quantize(blocks: jax.Array, signed: bool, dither: jax.Array) -> QuantizedBl
     return QuantizedBlocks(jnp.where(a > 0, jnp.maximum(q, 1), 0).astype(jnp.uint8), scales)
 
 
-def _dequantize(q: QuantizedBlocks, like: jax.Array, signed: bool) -> jax.Array:
-    return _unblock(_level(q.values.astype(jnp.float32), 127 if signed else 255) * q.scales[..., None], like)
+def _dequantize(q: QuantizedBlocks, signed: bool) -> jax.Array:
+    """The float32 values ``q`` reads back as, in its blocks (padding included: zeros)."""
+    return _level(q.values.astype(jnp.float32), 127 if signed else 255) * q.scales[..., None]
 
 
 def _mix(h: jax.Array) -> jax.Array:
@@ -385,15 +386,18 @@ def scale_by_adam_8bit(
         step_seed = _mix(count.astype(jnp.uint32))
 
         def step(g, m_q, v_q, path_seed):
-            g32 = g.astype(jnp.float32)
-            m = beta1 * _dequantize(m_q, g32, True) + (1 - beta1) * g32
-            v = beta2 * jnp.square(_dequantize(v_q, g32, False)) + (1 - beta2) * jnp.square(g32)
-            direction = (m / bc1) / (safe_sqrt(v) / sqrt_bc2 + safe_epsilon(epsilon, jnp.float32))
-            m_blocks, r_blocks = _blocks(m, block_size), _blocks(safe_sqrt(v), block_size)
+            # all in the blocks' layout (the gradient padded with zeros, which stay zeros), only the direction
+            # unblocked: the scales broadcast along the last axis, and XLA:CPU's loops run 20% faster than with
+            # the moments computed in the parameter's layout and blocked afterwards (the same values)
+            g_blocks = _blocks(g.astype(jnp.float32), block_size)
+            m = beta1 * _dequantize(m_q, True) + (1 - beta1) * g_blocks
+            v = beta2 * jnp.square(_dequantize(v_q, False)) + (1 - beta2) * jnp.square(g_blocks)
+            roots = safe_sqrt(v)
+            direction = (m / bc1) / (roots / sqrt_bc2 + safe_epsilon(epsilon, jnp.float32))
             return (
-                direction.astype(g.dtype),
-                _quantize(m_blocks, True, _dither(m_blocks, step_seed, path_seed)),
-                _quantize(r_blocks, False, _dither(r_blocks, step_seed, path_seed ^ 0xFFFFFFFF)),
+                _unblock(direction, g).astype(g.dtype),
+                _quantize(m, True, _dither(m, step_seed, path_seed)),
+                _quantize(roots, False, _dither(roots, step_seed, path_seed ^ 0xFFFFFFFF)),
             )
 
         out = tree_map(step, updates, state.momentums, state.root_velocities, _path_seeds(updates))
