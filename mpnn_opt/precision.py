@@ -241,7 +241,8 @@ def _quantize(blocks: jax.Array, signed: bool, dither: jax.Array) -> QuantizedBl
     levels = 127 if signed else 255
     magnitudes = jnp.abs(blocks) if signed else blocks  # sqrt(v) is never negative
     if signed:
-        # the largest magnitude as max(max, -min): the step runs 8% faster on XLA:CPU than with max(|x|)
+        # the largest magnitude as max(max, -min): on one 10M tensor the step runs 8% faster on XLA:CPU than
+        # with max(|x|) (within the noise on the 200-leaf benchmark)
         # (abs: +0.0 where the block is all zeros, whatever their signs)
         scales = jnp.abs(jnp.maximum(jnp.max(blocks, axis=-1), -jnp.min(blocks, axis=-1)))
     else:
