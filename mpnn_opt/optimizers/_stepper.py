@@ -311,7 +311,7 @@ class Stepper:
         spare, self._spare = self._spare, None
         if spare is None or spare.key != key:
             layout = key[0]
-            params = {group: jax.device_put(np.zeros(size, layout.dtype)) for group, size in layout.sizes.items()}
+            params = {group: _zeros((size,), layout.dtype) for group, size in layout.sizes.items()}
             spare = _Spare(key, params, jax.tree.map(_zeros_like, state))
         return spare
 
@@ -334,8 +334,12 @@ class Stepper:
         return _Spare(spare.key, new_params, old_state, forwards)
 
 
+def _zeros(shape: tuple, dtype: Any) -> jax.Array:
+    """Zeros on the default device, uncommitted like the staged params (so that the update's signature stays
+    the same from the first step on), placed from the host: ``jnp.zeros`` would compile one small XLA
+    program per shape at the first step."""
+    return jax.device_put(np.zeros(shape, dtype))
+
+
 def _zeros_like(leaf: Any) -> jax.Array:
-    """Zeros of ``leaf``'s shape and dtype on the default device, uncommitted like the staged params (so that
-    the update's signature stays the same from the first step on), placed from the host: ``jnp.zeros`` would
-    compile one small XLA program per shape at the first step."""
-    return jax.device_put(np.zeros(np.shape(leaf), leaf.dtype))
+    return _zeros(np.shape(leaf), leaf.dtype)
